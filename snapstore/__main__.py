@@ -1,0 +1,5 @@
+import sys
+
+from snapstore import cli
+
+sys.exit(cli.main())

@@ -1,0 +1,91 @@
+"""What every command shares: global options, settings, output."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from snapstore import config, errors, kinds, store
+
+
+def global_options(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the command name.
+
+    The copy given to each command suppresses its defaults, so an option
+    typed before the command is not reset by the command's parser.
+    """
+    default = argparse.SUPPRESS if suppress else None
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", type=Path, default=default, metavar="FILE",
+                        help=f"TOML settings (default {config.DEFAULT_PATH}, if it exists)")
+    parser.add_argument("--libvirt-dir", type=Path, default=default, metavar="DIR",
+                        help="libvirt's snapshot root (default /var/lib/libvirt/qemu/snapshot)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=default, metavar="DIR",
+                        help="libvirt's checkpoint root (default /var/lib/libvirt/qemu/checkpoint)")
+    parser.add_argument("--state-dir", type=Path, default=default, metavar="DIR",
+                        help="snapstore's state folder (default /var/lib/snapstore)")
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+                        help="more detail on stderr (debug log)")
+    parser.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS if suppress else 0,
+                        help="only errors")
+    return parser
+
+
+def add_kind_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoints", action="store_true",
+                        help="act on checkpoints instead of snapshots")
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+@dataclasses.dataclass
+class Context:
+    config: config.Config
+    verbosity: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Context":
+        settings = config.load(args.config)
+        overrides = {key: str(getattr(args, key)) for key in ("libvirt_dir", "checkpoint_dir", "state_dir")
+                     if getattr(args, key, None) is not None}
+        return cls(config.overlay(settings, overrides, "command line"), args.verbose - args.quiet)
+
+    def kind(self, args: argparse.Namespace) -> kinds.Kind:
+        return kinds.CHECKPOINT if getattr(args, "checkpoints", False) else kinds.SNAPSHOT
+
+    def root(self, kind: kinds.Kind) -> Path:
+        return self.config.checkpoint_dir if kind is kinds.CHECKPOINT else self.config.libvirt_dir
+
+    def store(self) -> store.Store:
+        return store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes)
+
+    def say(self, line: str) -> None:
+        if self.verbosity >= 0:
+            print(line)
+
+    def warn(self, line: str) -> None:
+        if self.verbosity >= 0:
+            print(f"snapstore: warning: {line}", file=sys.stderr)
+
+    def emit_json(self, data: Any) -> None:
+        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+
+
+def printable(name: str) -> str:
+    """A name as a terminal can show it: control characters escaped."""
+    return name if name.isprintable() else repr(name)
+
+
+def report(error: errors.SnapstoreError) -> None:
+    """One line per problem on stderr: a refused tree lists each broken rule."""
+    if isinstance(error, errors.TreeError):
+        for problem in error.problems:
+            print(f"snapstore: {error.domain}: {problem}", file=sys.stderr)
+    else:
+        print(f"snapstore: {error}", file=sys.stderr)

@@ -1,0 +1,69 @@
+"""``snapstore consolidate``: legacy folder(s) -> consolidated file(s)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from snapstore import errors, kinds, legacydir
+from snapstore import store as store_
+from snapstore.cli import common
+
+# Per-domain failures that let the other domains go on; anything else
+# (an unusable state folder, say) stops the command at once.
+_DOMAIN_ERRORS = (errors.TreeError, errors.FormatError, errors.Refused, errors.UnknownDomain, errors.LockTimeout)
+
+
+def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("consolidate", parents=[options], help="legacy folders -> consolidated files",
+                                 description="Read libvirt's per-moment files of each domain, validate them "
+                                             "all-or-nothing and commit one consolidated file per domain.")
+    parser.add_argument("domains", nargs="*", metavar="DOMAIN")
+    parser.add_argument("--all", action="store_true", help="every domain folder under the libvirt root")
+    parser.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="let an empty legacy folder replace a store file that holds moments")
+    common.add_kind_option(parser)
+    common.add_json_option(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, context: common.Context) -> int:
+    if args.all == bool(args.domains):
+        raise errors.UsageError(reason="name one or more domains, or pass --all (not both)")
+    kind = context.kind(args)
+    root = context.root(kind)
+    domains = legacydir.domains(root) if args.all else args.domains
+    store = context.store()
+    if not args.dry_run:
+        store.prepare()
+    results, exit_code = [], 0
+    for domain in domains:
+        try:
+            results.append(_consolidate(domain, kind, root, store, args, context))
+        except _DOMAIN_ERRORS as e:
+            common.report(e)
+            results.append({"domain": domain, "kind": kind.name, "error": str(e)})
+            exit_code = max(exit_code, e.exit_code)
+    if args.json:
+        context.emit_json({"format": 1, "dry_run": args.dry_run, "results": results})
+    return exit_code
+
+
+def _consolidate(domain: str, kind: kinds.Kind, root: Path, store: store_.Store,
+                 args: argparse.Namespace, context: common.Context) -> dict[str, Any]:
+    folder = legacydir.read_folder(root, kind, domain, context.config.max_legacy_bytes)
+    for note in folder.notes:
+        context.warn(note)
+    problems = folder.problems()
+    if problems:
+        raise errors.TreeError(domain, problems)
+    tree = folder.tree()
+    changed = store.replace(tree, allow_empty=args.allow_empty, dry_run=args.dry_run)
+    path = store.path(kind, domain)
+    if not args.json:
+        verb = ("would write" if args.dry_run else "written to") if changed else "unchanged,"
+        current = f", current {common.printable(tree.current)!s}" if tree.current else ""
+        context.say(f"{common.printable(domain)}: {len(tree)} {kind.plural}{current}: {verb} {path}")
+    return {"domain": domain, "kind": kind.name, "count": len(tree), "current": tree.current,
+            "changed": changed, "path": str(path)}

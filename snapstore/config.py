@@ -1,0 +1,92 @@
+"""Settings: defaults, the TOML file, and command-line overrides (in that order).
+
+The file is optional at its default place; a file named with --config must
+exist. Unknown keys are an error, so a typo never silently keeps a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from snapstore import errors
+from snapstore.formats import consolidated, legacy
+
+DEFAULT_PATH = Path("/etc/snapstore/snapstore.toml")
+
+
+@dataclasses.dataclass
+class Config:
+    # libvirt's system qemu driver roots (DESIGN §1).
+    libvirt_dir: Path = Path("/var/lib/libvirt/qemu/snapshot")
+    checkpoint_dir: Path = Path("/var/lib/libvirt/qemu/checkpoint")
+    # systemd's StateDirectory=snapstore.
+    state_dir: Path = Path("/var/lib/snapstore")
+    # libvirt skips metadata files over 1 MiB; so do we, by default.
+    max_legacy_bytes: int = legacy.LIBVIRT_FILE_LIMIT
+    # A consolidated file of 10,000 snapshots is ~60 MiB.
+    max_store_bytes: int = consolidated.DEFAULT_LIMIT
+    # Seconds to wait for another snapstore process to release a domain.
+    lock_timeout: float = 10.0
+    # A live pid in one of these means libvirt has the folders loaded.
+    libvirt_pidfiles: tuple[Path, ...] = (Path("/run/libvirt/libvirtd.pid"),
+                                          Path("/run/libvirt/virtqemud.pid"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
+def load(path: Path | None) -> Config:
+    """Defaults overlaid with ``path`` (or the default file when it exists)."""
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if explicit:
+            raise errors.ConfigError(path=path, reason="no such file") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as e:
+        raise errors.ConfigError(path=path, reason=f"cannot be read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise errors.ConfigError(path=path, reason=f"not valid TOML: {e}") from e
+    return overlay(Config(), data, str(path))
+
+
+def overlay(config: Config, values: dict[str, Any], source: str) -> Config:
+    """A copy of ``config`` with ``values`` converted to each field's type."""
+    fields = {field.name: field for field in dataclasses.fields(Config)}
+    changes = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise errors.ConfigError(path=source, reason=f"unknown setting {key!r}")
+        changes[key] = _convert(key, value, getattr(config, key), source)
+    return dataclasses.replace(config, **changes)
+
+
+def _convert(key: str, value: Any, default: Any, source: str) -> Any:
+    try:
+        if isinstance(default, Path):
+            return Path(_expect(value, str))
+        if isinstance(default, tuple):
+            return tuple(Path(_expect(item, str)) for item in _expect(value, list))
+        if isinstance(default, float):
+            return float(_expect(value, (int, float)))
+        return _expect(value, type(default))
+    except TypeError as e:
+        raise errors.ConfigError(path=source, reason=f"setting {key!r}: {e}") from None
+
+
+def _expect(value: Any, types: type | tuple[type, ...]) -> Any:
+    if not isinstance(value, types) or isinstance(value, bool) and types is not bool:
+        raise TypeError(f"expected {getattr(types, '__name__', 'a number')}, got {type(value).__name__}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,89 @@
+"""The whole exception hierarchy.
+
+Every error renders a one-line message for operators from a template and its
+fields, and knows the exit code the command line returns for it (DESIGN §4:
+1 problems found / operation refused, 2 usage or environment error).
+Findings of a check are data, not exceptions.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class SnapstoreError(Exception):
+    """Base class: ``template`` is formatted with the keyword fields."""
+
+    template = "{reason}"
+    exit_code = 2
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.template.format(**fields))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class UsageError(SnapstoreError):
+    """Contradictory or invalid options, rejected before any I/O."""
+
+
+class ConfigError(SnapstoreError):
+    template = "{path}: {reason}"
+
+
+class EnvironmentProblem(SnapstoreError):
+    """Something outside snapstore is missing or unusable (a folder, a daemon)."""
+
+    template = "{path}: {reason}"
+
+
+class UnknownDomain(SnapstoreError):
+    template = "{domain}: unknown domain: {reason}"
+
+
+class FormatError(SnapstoreError):
+    """A file or document that cannot be read as what it claims to be."""
+
+    template = "{path}: {reason}"
+    exit_code = 1
+
+
+class TreeError(SnapstoreError):
+    """A parsed set of moments that breaks a rule of DESIGN §2.
+
+    ``problems`` holds every problem found (validation is all-or-nothing);
+    the message names the first, the command line prints them all.
+    """
+
+    template = "{domain}: {first}"
+    exit_code = 1
+
+    def __init__(self, domain: str, problems: list) -> None:
+        super().__init__(domain=domain, problems=problems, first=problems[0])
+
+
+class Refused(SnapstoreError):
+    """The operation would lose or hide metadata; nothing was changed."""
+
+    template = "{domain}: {reason}"
+    exit_code = 1
+
+
+class StoreError(SnapstoreError):
+    template = "{path}: {reason}"
+
+
+class LockTimeout(StoreError):
+    template = "{path}: lock held by another snapstore process for {timeout:g} s, giving up"
+
+
+class WriteError(StoreError):
+    template = "{path}: write failed, old content kept: {reason}"
+
+
+class BridgeError(SnapstoreError):
+    template = "{domain}: libvirt {operation} failed: {reason}"

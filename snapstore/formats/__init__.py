@@ -1,0 +1,1 @@
+"""Bytes <-> model for libvirt's per-moment files and consolidated files; no file I/O."""

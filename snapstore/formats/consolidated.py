@@ -1,0 +1,55 @@
+"""The consolidated document: every moment of one domain and kind in one file.
+
+    <snapshots current='s3' domain='vm1' format='1'> <domainsnapshot>…
+    <checkpoints domain='vm1' format='1'> <domaincheckpoint>…
+
+Children are in topological canonical order, so the same tree always gives
+the same bytes and an unchanged state is never rewritten.
+"""
+from __future__ import annotations
+
+from lxml import etree
+
+from snapstore import errors, kinds, model
+from snapstore.formats import xmlsafe
+
+FORMAT_VERSION = "1"
+DEFAULT_LIMIT = 256 * 1024 * 1024
+_DECLARATION = b"<?xml version='1.0' encoding='UTF-8'?>\n"
+
+
+def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
+                       limit: int = DEFAULT_LIMIT) -> model.Tree:
+    root = xmlsafe.parse_bytes(data, source, limit)
+    if root.tag != kind.plural:
+        raise errors.FormatError(path=source, reason=f"root element is <{root.tag}>, expected <{kind.plural}>")
+    version = root.get("format")
+    if version != FORMAT_VERSION:
+        raise errors.FormatError(path=source, reason=f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
+    domain = root.get("domain")
+    if not domain:
+        raise errors.FormatError(path=source, reason="root element has no domain attribute")
+    moments = [_moment(child, kind, source) for child in root if isinstance(child.tag, str)]
+    return model.Tree(kind, domain, moments, root.get("current"))
+
+
+def format_consolidated(tree: model.Tree) -> bytes:
+    """Serialize a validated tree; the caller has checked tree.validate()."""
+    attributes = {"current": tree.current} if tree.current and tree.kind.stores_current else {}
+    attributes.update(domain=tree.domain, format=FORMAT_VERSION)
+    start = etree.tostring(etree.Element(tree.kind.plural, attributes), encoding="UTF-8")
+    if not tree.moments:
+        return _DECLARATION + start + b"\n"
+    parts = [_DECLARATION, start[:-2], b">\n"]
+    for moment in tree.topological():
+        parts += [b"  ", xmlsafe.serialize(moment.element, level=1), b"\n"]
+    parts.append(f"</{tree.kind.plural}>\n".encode())
+    return b"".join(parts)
+
+
+def _moment(child: etree._Element, kind: kinds.Kind, source: str) -> model.Moment:
+    if child.tag != kind.root_tag:
+        raise errors.FormatError(path=source, reason=f"holds <{child.tag}>, expected only <{kind.root_tag}> children")
+    if child.find("active") is not None and kind.stores_current:
+        raise errors.FormatError(path=source, reason=f"{kind.name} {child.findtext('name')!r} holds an <active> marker; the current one is named by the root's current attribute")
+    return model.Moment.from_element(child, source)

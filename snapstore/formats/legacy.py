@@ -1,0 +1,84 @@
+"""One libvirt per-moment file: ``<domainsnapshot>`` or ``<domaincheckpoint>``.
+
+libvirt writes them with virXMLSaveFile(): its "AUTO-GENERATED FILE" header
+comment, the root element, and for snapshots an internal ``<active>`` child
+(1 for the current snapshot) that is not part of the public format.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from lxml import etree
+
+from snapstore import errors, kinds, model
+from snapstore.formats import xmlsafe
+
+# Default cap: libvirt refuses to read a metadata file over 1 MiB
+# (virDomainSnapshotObjListParse / qemuSnapshotLoad use a 1 MiB limit).
+LIBVIRT_FILE_LIMIT = 1024 * 1024
+
+_HEADER = (
+    "<!--\n"
+    "WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE\n"
+    "OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:\n"
+    "  virsh {command}\n"
+    "or other application using the libvirt API.\n"
+    "-->\n\n"
+)
+
+
+@dataclasses.dataclass
+class LegacyMoment:
+    moment: model.Moment
+    active: bool  # the <active> marker; always False for checkpoints
+
+
+def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
+                 limit: int = LIBVIRT_FILE_LIMIT) -> LegacyMoment:
+    root = xmlsafe.parse_bytes(data, source, limit)
+    if root.tag != kind.root_tag:
+        raise errors.FormatError(path=source, reason=f"root element is <{root.tag}>, expected <{kind.root_tag}>")
+    active = _pop_active(root, source) if kind.stores_current else False
+    moment = model.Moment.from_element(root, source)
+    if not moment.name:
+        raise errors.FormatError(path=source, reason=f"<{kind.root_tag}> has no <name>")
+    return LegacyMoment(moment, active)
+
+
+def format_legacy(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
+    """The file libvirt would write for this moment, byte for byte in structure."""
+    element = moment.element
+    marker = None
+    if kind.stores_current:
+        marker = etree.SubElement(element, "active")
+        marker.text = "1" if active else "0"
+    try:
+        body = xmlsafe.serialize(element, level=0)
+    finally:
+        if marker is not None:
+            element.remove(marker)
+    return _HEADER.format(command=kind.edit_command).encode() + body + b"\n"
+
+
+def _pop_active(root: etree._Element, source: str) -> bool:
+    # libvirt's internal parse requires exactly this element
+    # (virDomainSnapshotDefParseNode with VIR_DOMAIN_SNAPSHOT_PARSE_INTERNAL).
+    markers = root.findall("active")
+    if len(markers) != 1:
+        raise errors.FormatError(path=source, reason=f"has {len(markers)} <active> elements, libvirt needs exactly one")
+    marker = markers[0]
+    text = (marker.text or "").strip()
+    if text not in ("0", "1"):
+        raise errors.FormatError(path=source, reason=f"<active> holds {text!r}, expected 0 or 1")
+    _remove_keeping_tail(marker)
+    return text == "1"
+
+
+def _remove_keeping_tail(node: etree._Element) -> None:
+    parent = node.getparent()
+    previous = node.getprevious()
+    if previous is not None:
+        previous.tail = node.tail
+    else:
+        parent.text = node.tail
+    parent.remove(node)

@@ -1,0 +1,197 @@
+"""File primitives every reader and writer goes through.
+
+Writes: a new file is created with O_EXCL|O_NOFOLLOW, mode 0600, fully
+written and fsynced; a replacement goes through a temp file in the same
+folder, rename, then an fsync of the folder (borgbackup's SaveFile pattern;
+libvirt's virFileRewrite skips the folder fsync). A failed fsync is never
+retried on the same file: the page cache may already have dropped the data.
+
+Reads never follow a symlink and never block on a FIFO.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from snapstore import errors, hostenv
+
+TEMP_PREFIX = ".snapstore-tmp-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_RENAME_EXCHANGE = 2
+
+
+def reason(error: OSError) -> str:
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
+@contextlib.contextmanager
+def opened_dir(path: Path, missing_ok: bool = False) -> Iterator[int | None]:
+    """An fd on a folder that is not a symlink; None if absent and ``missing_ok``."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise errors.EnvironmentProblem(path=path, reason="no such folder") from None
+        yield None
+        return
+    except OSError as e:
+        detail = "is a symlink, not followed" if e.errno == errno.ELOOP else reason(e)
+        raise errors.EnvironmentProblem(path=path, reason=detail) from e
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def temp_name() -> str:
+    """Unique temp name carrying our pid, so a sweep can tell stale from in-flight."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def is_stale_temp(name: str) -> bool:
+    if not name.startswith(TEMP_PREFIX):
+        return False
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+    return not (pid.isdigit() and hostenv.pid_alive(int(pid)))
+
+
+def read_regular(dir_fd: int, name: str, limit: int, display: Path) -> bytes:
+    """Read one regular file, at most ``limit`` bytes, or raise FormatError."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        detail = "is a symlink, not followed" if e.errno == errno.ELOOP else f"cannot be opened: {reason(e)}"
+        raise errors.FormatError(path=display, reason=detail) from e
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise errors.FormatError(path=display, reason=f"is a {_type_name(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise errors.FormatError(path=display, reason=f"is {info.st_size} bytes, over the {limit}-byte limit")
+        data = _read_up_to(fd, limit + 1)
+    except OSError as e:
+        raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}") from e
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise errors.FormatError(path=display, reason=f"grew over the {limit}-byte limit while being read")
+    return data
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _type_name(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Create ``name`` (never an existing file or link), write it and fsync it."""
+    fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, mode)  # the umask must not change the mode we promise
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(dir_fd, name)
+        raise
+    try:
+        os.close(fd)
+    except OSError:
+        _unlink_quietly(dir_fd, name)
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    with opened_dir(path.parent) as dir_fd:
+        temp = temp_name()
+        try:
+            write_new(dir_fd, temp, data, mode)
+        except OSError as e:
+            raise errors.WriteError(path=path, reason=reason(e)) from e
+        try:
+            os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as e:
+            _unlink_quietly(dir_fd, temp)
+            raise errors.WriteError(path=path, reason=reason(e)) from e
+        fsync_dir(dir_fd, path)
+
+
+def fsync_dir(dir_fd: int, display: Path) -> None:
+    try:
+        os.fsync(dir_fd)
+    except OSError as e:
+        raise errors.WriteError(path=display, reason=f"renamed, but the folder fsync failed: {reason(e)}; "
+                                                    "the change may not survive a crash") from e
+
+
+def exchange(dir_fd: int, first: str, second: str) -> None:
+    """Swap two entries of one folder atomically (renameat2 RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(dir_fd, os.fsencode(first), dir_fd, os.fsencode(second), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), second)
+
+
+def make_dir(dir_fd: int, name: str, mode: int = 0o700) -> None:
+    os.mkdir(name, mode, dir_fd=dir_fd)
+
+
+def remove_tree(dir_fd: int, name: str) -> None:
+    """Remove a folder snapstore made itself (flat: files only)."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def sweep_temps(path: Path) -> list[Path]:
+    """Remove temps left by dead snapstore processes; return what was removed."""
+    removed = []
+    with opened_dir(path) as dir_fd:
+        for name in os.listdir(dir_fd):
+            if is_stale_temp(name):
+                remove = remove_tree if _is_dir(dir_fd, name) else _unlink
+                remove(dir_fd, name)
+                removed.append(path / name)
+    return removed
+
+
+def _is_dir(dir_fd: int, name: str) -> bool:
+    return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    os.unlink(name, dir_fd=dir_fd)
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)

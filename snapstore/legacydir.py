@@ -1,0 +1,217 @@
+"""Read and write libvirt's per-domain folders (``<root>/<domain>/<name>.xml``).
+
+libvirtd parses every file in a domain's folder at start, whatever its
+name, so nothing of ours (no temp, no lock) is ever left inside one: a
+folder is built aside under a temp name and swapped in with
+renameat2(RENAME_EXCHANGE), as Radicale swaps collections.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from pathlib import Path
+
+from snapstore import errors, fsio, kinds, model, naming
+from snapstore.formats import legacy, xmlsafe
+
+LIBVIRT_TEMP_SUFFIX = ".new"  # virFileRewrite's temp: <name>.xml.new
+
+
+@dataclasses.dataclass
+class LegacyFolder:
+    """What one domain folder holds: parsed moments and what was wrong."""
+
+    kind: kinds.Kind
+    domain: str
+    path: Path
+    entries: dict[str, legacy.LegacyMoment] = dataclasses.field(default_factory=dict)  # by file name
+    failures: list[errors.FormatError] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # harmless oddities
+
+    def tree(self) -> model.Tree:
+        actives = [e.moment.name for e in self.entries.values() if e.active]
+        current = actives[0] if len(actives) == 1 else None
+        return model.Tree(self.kind, self.domain, [e.moment for e in self.entries.values()], current)
+
+    def problems(self) -> list[str]:
+        """Every reason this folder cannot be consolidated as it is."""
+        found = [str(failure) for failure in self.failures]
+        found += [str(problem) for problem in self.tree().validate()]
+        actives = sorted(e.moment.name for e in self.entries.values() if e.active)
+        if len(actives) > 1:
+            found.append(str(model.Problem(model.ACTIVE_MARKERS, None,
+                                           f"{len(actives)} {self.kind.plural} are marked current: {', '.join(map(repr, actives))}")))
+        return found
+
+
+def domain_folder(root: Path, domain: str) -> Path:
+    if naming.file_name_problem(domain):
+        raise errors.UnknownDomain(domain=domain, reason=f"no libvirt folder can hold it ({naming.file_name_problem(domain)})")
+    return root / domain
+
+
+def domains(root: Path) -> list[str]:
+    """Domain folders under a snapshot or checkpoint root (symlinks skipped)."""
+    if not root.is_dir():
+        raise errors.EnvironmentProblem(path=root, reason="no such folder")
+    return sorted(entry.name for entry in os.scandir(root)
+                  if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(fsio.TEMP_PREFIX))
+
+
+def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT) -> LegacyFolder:
+    path = domain_folder(root, domain)
+    folder = LegacyFolder(kind, domain, path)
+    with fsio.opened_dir(path, missing_ok=True) as dir_fd:
+        if dir_fd is None:
+            raise errors.UnknownDomain(domain=domain, reason=f"no folder {path}")
+        for name in sorted(os.listdir(dir_fd)):
+            _read_entry(folder, dir_fd, name, limit)
+    return folder
+
+
+def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int) -> None:
+    display = folder.path / name
+    if name.endswith(LIBVIRT_TEMP_SUFFIX):
+        folder.notes.append(f"{display}: libvirt temp left by an interrupted write, ignored")
+        return
+    if not name.endswith(".xml"):
+        folder.notes.append(f"{display}: not a .xml file, ignored (libvirtd still parses it at start)")
+        return
+    if name.startswith("."):
+        folder.failures.append(errors.FormatError(path=display, reason="file name starts with '.'; qemu cannot hold such a name"))
+        return
+    try:
+        entry = legacy.parse_legacy(fsio.read_regular(dir_fd, name, limit, display), folder.kind, str(display), limit)
+    except errors.FormatError as e:
+        folder.failures.append(e)
+        return
+    if naming.legacy_file_name(entry.moment.name) != name:
+        folder.notes.append(f"{display}: holds {folder.kind.name} {entry.moment.name!r}; its name wins, as in libvirt")
+    folder.entries[name] = entry
+
+
+def format_files(tree: model.Tree) -> dict[str, bytes]:
+    """File name -> content of the legacy folder that holds ``tree``."""
+    return {naming.legacy_file_name(m.name): legacy.format_legacy(m, tree.kind, m.name == tree.current)
+            for m in tree.topological()}
+
+
+def unstorable_names(tree: model.Tree) -> list[str]:
+    """'name' (reason) for each moment that cannot be a libvirt file name."""
+    return [f"{m.name!r} ({naming.file_name_problem(m.name)})"
+            for m in tree.moments if naming.file_name_problem(m.name)]
+
+
+@dataclasses.dataclass
+class WriteResult:
+    path: Path
+    changed: bool
+    attic: Path | None = None  # where the replaced folder's files were kept
+
+
+def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
+                 dry_run: bool = False, limit: int = legacy.LIBVIRT_FILE_LIMIT) -> WriteResult:
+    """Make ``root/<domain>`` hold exactly ``tree``.
+
+    Files the tree does not hold are refused unless ``prune``; every file
+    replaced or pruned is first copied to ``attic`` (nothing is lost).
+    """
+    files = format_files(tree)
+    path = domain_folder(root, tree.domain)
+    existing = _existing_files(path, limit)
+    extras = sorted(set(existing or {}) - set(files))
+    if extras and not prune:
+        raise errors.Refused(domain=tree.domain, reason=(
+            f"{path} holds {len(extras)} file(s) the store does not: {', '.join(extras)}; "
+            "pass --prune to replace the folder (they are kept in the attic)"))
+    if existing is not None and _same(existing, files, tree.kind):
+        return WriteResult(path, changed=False)
+    if dry_run:
+        return WriteResult(path, changed=True)
+    kept = _keep_in_attic(path, existing, attic, tree) if existing else None
+    _swap_in(root, path.name, files)
+    return WriteResult(path, changed=True, attic=kept)
+
+
+def _existing_files(path: Path, limit: int) -> dict[str, bytes] | None:
+    """Raw content of every entry of the current folder, or None if absent."""
+    with fsio.opened_dir(path, missing_ok=True) as dir_fd:
+        if dir_fd is None:
+            return None
+        return {name: _raw(dir_fd, name, path, limit) for name in os.listdir(dir_fd)}
+
+
+def _raw(dir_fd: int, name: str, folder: Path, limit: int) -> bytes:
+    mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    if not stat.S_ISREG(mode):
+        raise errors.Refused(domain=folder.name, reason=f"{folder / name} is not a regular file; "
+                                                        "move it away before expanding")
+    return fsio.read_regular(dir_fd, name, max(limit, 64 << 20), folder / name)
+
+
+def _same(existing: dict[str, bytes], files: dict[str, bytes], kind: kinds.Kind) -> bool:
+    """Equal in content (C14N, <active> included), whatever the indentation or quotes."""
+    if set(existing) != set(files):
+        return False
+    return all(_canonical_file(existing[name], kind) == _canonical_file(files[name], kind) for name in files)
+
+
+def _canonical_file(data: bytes, kind: kinds.Kind) -> bytes | None:
+    try:
+        return xmlsafe.canonical(xmlsafe.parse_bytes(data, "", len(data)))
+    except errors.FormatError:
+        return None
+
+
+def _keep_in_attic(path: Path, existing: dict[str, bytes], attic: Path, tree: model.Tree) -> Path:
+    kept = attic / naming.attic_name(tree.kind.plural, tree.domain, ".folder")
+    with fsio.opened_dir(attic) as attic_fd:
+        _write_folder(attic_fd, kept.name, existing)
+    return kept
+
+
+def _write_folder(parent_fd: int, name: str, files: dict[str, bytes]) -> None:
+    fsio.make_dir(parent_fd, name)
+    folder_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    try:
+        for file_name, data in files.items():
+            fsio.write_new(folder_fd, file_name, data)
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+    os.fsync(parent_fd)
+
+
+def _swap_in(root: Path, name: str, files: dict[str, bytes]) -> None:
+    """Build the folder under a temp name beside it, then swap it in atomically."""
+    fsio.sweep_temps(root)
+    with fsio.opened_dir(root) as root_fd:
+        temp = fsio.temp_name()
+        try:
+            _write_folder(root_fd, temp, files)
+            if _exists(root_fd, name):
+                fsio.exchange(root_fd, temp, name)
+            else:
+                os.rename(temp, name, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        except OSError as e:
+            _remove_quietly(root_fd, temp)
+            raise errors.WriteError(path=root / name, reason=fsio.reason(e)) from e
+        fsio.fsync_dir(root_fd, root / name)
+        _remove_quietly(root_fd, temp)  # the old folder; a leftover is swept as stale
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_quietly(dir_fd: int, name: str) -> None:
+    if _exists(dir_fd, name):
+        try:
+            fsio.remove_tree(dir_fd, name)
+        except OSError:
+            pass

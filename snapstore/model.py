@@ -1,0 +1,170 @@
+"""Moments (snapshots or checkpoints) of one domain and the rules their tree obeys.
+
+One implementation serves both kinds: ordering, validation and "current".
+Validation is all-or-nothing and collects every problem, as libvirt's own
+bulk parser (virDomainSnapshotObjListParse, 2019) refuses a whole list.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+from lxml import etree
+
+from snapstore import kinds
+
+# Stable codes, shared with `snapstore check` (SS2xx: tree rules).
+EMPTY_NAME = "SS201"
+DUPLICATE = "SS202"
+MISSING_PARENT = "SS203"
+CYCLE = "SS204"
+CURRENT_MISSING = "SS205"
+UUID_MISMATCH = "SS206"
+ACTIVE_MARKERS = "SS207"
+
+
+@dataclasses.dataclass
+class Moment:
+    """One snapshot or checkpoint: its element (libvirt's public format, no
+    ``<active>``) and the few fields the tree needs, read from it once."""
+
+    name: str
+    parent: str | None
+    creation_time: int | None
+    element: etree._Element
+    source: str = ""  # where it was read from, for messages
+
+    @classmethod
+    def from_element(cls, element: etree._Element, source: str = "") -> "Moment":
+        return cls(
+            name=element.findtext("name") or "",
+            parent=element.findtext("parent/name"),
+            creation_time=_int_or_none(element.findtext("creationTime")),
+            element=element,
+            source=source,
+        )
+
+    @property
+    def state(self) -> str | None:
+        return self.element.findtext("state")
+
+    def uuids(self) -> Iterator[str]:
+        for path in ("domain/uuid", "inactiveDomain/uuid"):
+            uuid = self.element.findtext(path)
+            if uuid is not None:
+                yield uuid.strip().lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    code: str
+    moment: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code})"
+
+
+class Tree:
+    """All moments of one kind of one domain, and which one is current."""
+
+    def __init__(self, kind: kinds.Kind, domain: str, moments: Iterable[Moment],
+                 current: str | None = None) -> None:
+        self.kind = kind
+        self.domain = domain
+        self.moments = list(moments)
+        self.by_name = {m.name: m for m in self.moments}
+        self.current = current if kind.stores_current else self._computed_current()
+
+    def __len__(self) -> int:
+        return len(self.moments)
+
+    def children(self) -> dict[str | None, list[Moment]]:
+        """Children of every name, roots under None, siblings in canonical order."""
+        result: dict[str | None, list[Moment]] = {}
+        for moment in self.moments:
+            parent = moment.parent if moment.parent in self.by_name else None
+            result.setdefault(parent, []).append(moment)
+        for siblings in result.values():
+            siblings.sort(key=_sibling_key)
+        return result
+
+    def topological(self) -> list[Moment]:
+        """Parents before children, siblings by creationTime then name.
+
+        Moments caught in a cycle are never reached; validate() reports them.
+        """
+        children = self.children()
+        order: list[Moment] = []
+        stack = list(reversed(children.get(None, [])))
+        while stack:
+            moment = stack.pop()
+            order.append(moment)
+            stack.extend(reversed(children.get(moment.name, [])))
+        return order
+
+    def validate(self, expected_uuid: str | None = None) -> list[Problem]:
+        return [
+            *self._name_problems(),
+            *self._parent_problems(),
+            *self._cycle_problems(),
+            *self._current_problems(),
+            *self._uuid_problems(expected_uuid),
+        ]
+
+    def _name_problems(self) -> Iterator[Problem]:
+        seen: set[str] = set()
+        for moment in self.moments:
+            if not moment.name:
+                yield Problem(EMPTY_NAME, None, f"{self.kind.name} in {moment.source or '?'} has no name")
+            elif moment.name in seen:
+                yield Problem(DUPLICATE, moment.name,
+                              f"{self.kind.name} {moment.name!r} is defined more than once")
+            seen.add(moment.name)
+
+    def _parent_problems(self) -> Iterator[Problem]:
+        for moment in self.moments:
+            if moment.parent is not None and moment.parent not in self.by_name:
+                yield Problem(MISSING_PARENT, moment.name,
+                              f"{self.kind.name} {moment.name!r}: parent {moment.parent!r} does not exist")
+
+    def _cycle_problems(self) -> Iterator[Problem]:
+        if len(self.by_name) != len(self.moments):
+            return  # duplicates make the walk ambiguous; reported already
+        reached = {m.name for m in self.topological()}
+        for moment in self.moments:
+            if moment.name not in reached:
+                yield Problem(CYCLE, moment.name,
+                              f"{self.kind.name} {moment.name!r} is its own ancestor (parent cycle)")
+
+    def _current_problems(self) -> Iterator[Problem]:
+        if self.current is not None and self.current not in self.by_name:
+            yield Problem(CURRENT_MISSING, self.current,
+                          f"current {self.kind.name} {self.current!r} does not exist")
+
+    def _uuid_problems(self, expected: str | None) -> Iterator[Problem]:
+        for moment in self.moments:
+            for uuid in moment.uuids():
+                expected = expected or uuid
+                if uuid != expected:
+                    yield Problem(UUID_MISMATCH, moment.name,
+                                  f"{self.kind.name} {moment.name!r}: domain uuid {uuid} differs from {expected}")
+
+    def _computed_current(self) -> str | None:
+        """libvirt's rule for checkpoints: the single leaf of one linear chain."""
+        children = self.children()
+        if len(children.get(None, [])) != 1 or any(len(c) > 1 for c in children.values()):
+            return None
+        leaves = [m for m in self.moments if m.name not in children]
+        return leaves[0].name if len(leaves) == 1 else None
+
+
+def _sibling_key(moment: Moment) -> tuple[bool, int, str]:
+    return (moment.creation_time is None, moment.creation_time or 0, moment.name)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,66 @@
+"""Names on disk: reversible escaping of domain names, and which moment names
+can be libvirt file names.
+
+libvirt stores a moment as ``<name>.xml`` without escaping, which is why qemu
+refuses names with ``/`` or a leading ``.`` (qemuSnapshotCreateXML).
+snapstore's own files escape every byte outside ``[A-Za-z0-9_+-.]`` and a
+leading ``.`` as ``%XX``, so any domain name maps to exactly one safe name.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+NAME_MAX = 255  # bytes in one path component on Linux filesystems
+
+
+def escape_domain(domain: str) -> str:
+    raw = domain.encode("utf-8", "surrogateescape")
+    out = []
+    for index, byte in enumerate(raw):
+        if byte in _SAFE and not (index == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out)
+
+
+def unescape_domain(escaped: str) -> str:
+    raw = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), escaped).encode("latin-1")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def is_escaped_form(name: str) -> bool:
+    """True when ``name`` is what escape_domain() produces for some domain."""
+    try:
+        return escape_domain(unescape_domain(name)) == name
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return False
+
+
+def attic_name(plural: str, domain: str, suffix: str) -> str:
+    """A unique name in attic/ for something of ``domain`` set aside now."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{plural}.{escape_domain(domain)}.{stamp}-{secrets.token_hex(3)}{suffix}"
+
+
+def legacy_file_name(name: str) -> str:
+    return name + ".xml"
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``<name>.xml`` cannot be a libvirt metadata file, or None."""
+    if not name:
+        return "name is empty"
+    if "/" in name:
+        return "name contains '/'"
+    if name.startswith("."):
+        return "name starts with '.'"
+    if "\0" in name:
+        return "name contains a NUL byte"
+    if len(legacy_file_name(name).encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"name is longer than {NAME_MAX - 4} bytes"
+    return None

@@ -1,0 +1,154 @@
+"""snapstore's state folder: one consolidated file per domain and kind.
+
+    <state>/snapshots/<escaped domain>.xml
+    <state>/checkpoints/<escaped domain>.xml
+    <state>/locks/<kind>.<escaped domain>.lock
+    <state>/attic/          files set aside, never silently deleted
+
+Every command and the daemon share the per-domain lock: an flock on a
+separate lock file, since the data file's inode changes at every rename.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from snapstore import errors, fsio, kinds, model, naming
+from snapstore.formats import consolidated
+
+_FOLDERS = ("snapshots", "checkpoints", "locks", "attic")
+_LOCK_POLL = 0.02
+
+
+class Store:
+    def __init__(self, root: Path, lock_timeout: float = 10.0,
+                 read_limit: int = consolidated.DEFAULT_LIMIT) -> None:
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+        self.read_limit = read_limit
+
+    def path(self, kind: kinds.Kind, domain: str) -> Path:
+        return self.root / kind.plural / (naming.escape_domain(domain) + ".xml")
+
+    def prepare(self) -> None:
+        """Create the layout (mode 0700) and sweep temps of dead writers."""
+        for folder in (self.root, *(self.root / name for name in _FOLDERS)):
+            try:
+                folder.mkdir(mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise errors.EnvironmentProblem(path=folder, reason=f"cannot create state folder: {fsio.reason(e)}") from e
+            if folder.is_symlink():
+                raise errors.EnvironmentProblem(path=folder, reason="is a symlink, not followed")
+        for kind in kinds.ALL:
+            fsio.sweep_temps(self.root / kind.plural)
+        fsio.sweep_temps(self.root / "attic")
+
+    def domains(self, kind: kinds.Kind) -> list[str]:
+        folder = self.root / kind.plural
+        if not folder.is_dir():
+            return []
+        names = (entry.name[:-4] for entry in os.scandir(folder)
+                 if entry.name.endswith(".xml") and entry.is_file(follow_symlinks=False))
+        return sorted(naming.unescape_domain(name) for name in names if naming.is_escaped_form(name))
+
+    @contextlib.contextmanager
+    def lock(self, kind: kinds.Kind, domain: str, exclusive: bool = True) -> Iterator[None]:
+        path = self.root / "locks" / f"{kind.plural}.{naming.escape_domain(domain)}.lock"
+        with _flocked(path, exclusive, self.lock_timeout):
+            yield
+
+    def read_bytes(self, kind: kinds.Kind, domain: str) -> bytes | None:
+        path = self.path(kind, domain)
+        try:
+            with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
+                return None if dir_fd is None else fsio.read_regular(dir_fd, path.name, self.read_limit, path)
+        except errors.FormatError as e:
+            if isinstance(e.__cause__, FileNotFoundError):
+                return None
+            raise
+
+    def read_tree(self, kind: kinds.Kind, domain: str) -> model.Tree | None:
+        """The committed tree, validated, or None when there is no file."""
+        data = self.read_bytes(kind, domain)
+        if data is None:
+            return None
+        source = str(self.path(kind, domain))
+        tree = consolidated.parse_consolidated(data, kind, source, self.read_limit)
+        if tree.domain != domain:
+            raise errors.FormatError(path=source, reason=f"holds domain {tree.domain!r}, expected {domain!r}")
+        _raise_problems(tree)
+        return tree
+
+    def replace(self, tree: model.Tree, allow_empty: bool = False, dry_run: bool = False) -> bool:
+        """Commit ``tree`` unless the file already holds it; True when written.
+
+        Refuses to replace moments with an empty tree unless ``allow_empty``:
+        an empty libvirt folder is how lost metadata looks after a reinstall.
+        """
+        _raise_problems(tree)
+        data = consolidated.format_consolidated(tree)
+        with self.lock(tree.kind, tree.domain):
+            old = self.read_bytes(tree.kind, tree.domain)
+            if old == data:
+                return False
+            if not tree.moments and old and not allow_empty:
+                self._refuse_emptying(tree, old)
+            if not dry_run:
+                fsio.atomic_write(self.path(tree.kind, tree.domain), data)
+        return True
+
+    def _refuse_emptying(self, tree: model.Tree, old: bytes) -> None:
+        held = len(consolidated.parse_consolidated(old, tree.kind, "", self.read_limit))
+        if held:
+            raise errors.Refused(domain=tree.domain, reason=(
+                f"the legacy folder has no {tree.kind.plural} but the store holds {held}; "
+                f"not replacing them (bring them back with 'snapstore expand {tree.domain}', "
+                "or pass --allow-empty)"))
+
+    def to_attic(self, kind: kinds.Kind, domain: str) -> Path:
+        """Move a domain's file to attic/ with a UTC timestamp; return the new path."""
+        target = self.root / "attic" / naming.attic_name(kind.plural, domain, ".xml")
+        with self.lock(kind, domain):
+            os.rename(self.path(kind, domain), target)
+            with fsio.opened_dir(target.parent) as attic_fd, fsio.opened_dir(self.path(kind, domain).parent) as fd:
+                fsio.fsync_dir(fd, target)
+                fsio.fsync_dir(attic_fd, target)
+        return target
+
+
+def _raise_problems(tree: model.Tree) -> None:
+    problems = tree.validate()
+    if problems:
+        raise errors.TreeError(tree.domain, problems)
+
+
+@contextlib.contextmanager
+def _flocked(path: Path, exclusive: bool, timeout: float) -> Iterator[None]:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise errors.EnvironmentProblem(path=path, reason=f"cannot open lock file: {fsio.reason(e)}") from e
+    try:
+        _acquire(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, path, timeout)
+        yield
+    finally:
+        os.close(fd)  # closing the last fd releases the flock
+
+
+def _acquire(fd: int, operation: int, path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise errors.EnvironmentProblem(path=path, reason=f"cannot lock: {fsio.reason(e)}") from e
+        if time.monotonic() >= deadline:
+            raise errors.LockTimeout(path=path, timeout=timeout)
+        time.sleep(_LOCK_POLL)

@@ -1,0 +1,149 @@
+"""Legacy and consolidated formats: lossless, canonical, hardened."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from lxml import etree
+
+from snapstore import errors, kinds, model
+from snapstore.formats import consolidated, legacy, xmlsafe
+
+import samples
+
+SNAP = kinds.SNAPSHOT
+
+
+def parse(data: bytes) -> legacy.LegacyMoment:
+    return legacy.parse_legacy(data, SNAP, "f.xml")
+
+
+def test_legacy_round_trip_keeps_header_active_and_content() -> None:
+    data = samples.snapshot_xml("s1", "s0", active=True, description="d")
+    entry = parse(data)
+    assert entry.active and entry.moment.name == "s1" and entry.moment.parent == "s0"
+    assert entry.moment.element.find("active") is None
+    out = legacy.format_legacy(entry.moment, SNAP, active=True)
+    assert out.replace(b'"', b"'") == data  # only the attribute quote style may differ
+
+
+def test_legacy_format_can_move_the_active_marker() -> None:
+    entry = parse(samples.snapshot_xml("s1", active=True))
+    out = legacy.format_legacy(entry.moment, SNAP, active=False)
+    assert out.endswith(b"  <active>0</active>\n</domainsnapshot>\n")
+    assert entry.moment.element.find("active") is None  # the model is left as it was
+
+
+def test_unknown_elements_survive_both_formats() -> None:
+    extra = "  <future attr='x'><snapshotDeleteInProgress/>text</future>\n"
+    entry = parse(samples.snapshot_xml("s1", extra=extra))
+    tree = model.Tree(SNAP, "vm1", [entry.moment], "s1")
+    back = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c")
+    assert back.moments[0].element.find("future/snapshotDeleteInProgress") is not None
+    assert xmlsafe.canonical(back.moments[0].element) == xmlsafe.canonical(parse(samples.snapshot_xml("s1", extra=extra)).moment.element)
+
+
+@pytest.mark.parametrize("description", ["   ", "\n\n  \n", "a & b < c > d \"q\" 'q'", " lead", "tab\there", "é快"])
+def test_description_text_comes_back_exactly(description: str) -> None:
+    entry = parse(samples.snapshot_xml("s1", description=description))
+    tree = model.Tree(SNAP, "vm1", [entry.moment], None)
+    data = consolidated.format_consolidated(tree)
+    back = consolidated.parse_consolidated(data, SNAP, "c").moments[0]
+    assert back.element.findtext("description") == description
+    again = parse(legacy.format_legacy(back, SNAP, active=False))
+    assert again.moment.element.findtext("description") == description
+
+
+def test_consolidated_is_canonical_and_byte_identical() -> None:
+    moments = [parse(samples.snapshot_xml(n, p, created=c)).moment
+               for n, p, c in [("b", "a", 3), ("a", None, 1), ("c", "a", 2)]]
+    one = consolidated.format_consolidated(model.Tree(SNAP, "vm1", moments, "b"))
+    two = consolidated.format_consolidated(model.Tree(SNAP, "vm1", list(reversed(moments)), "b"))
+    assert one == two
+    assert one.startswith(b"<?xml version='1.0' encoding='UTF-8'?>\n<snapshots current=\"b\" domain=\"vm1\" format=\"1\">")
+    back = consolidated.parse_consolidated(one, SNAP, "c")
+    assert [m.name for m in back.moments] == ["a", "c", "b"] and back.current == "b"
+    assert consolidated.format_consolidated(back) == one
+
+
+def test_empty_consolidated_has_no_current() -> None:
+    data = consolidated.format_consolidated(model.Tree(SNAP, "vm1", [], None))
+    assert data.endswith(b'<snapshots domain="vm1" format="1"/>\n')
+    assert len(consolidated.parse_consolidated(data, SNAP, "c")) == 0
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"<domainsnapshot><name>x</name>", "not well-formed"),
+    (b"<domain><name>x</name><active>0</active></domain>", "root element is <domain>"),
+    (b"<domainsnapshot><name>x</name></domainsnapshot>", "0 <active> elements"),
+    (b"<domainsnapshot><name>x</name><active>2</active></domainsnapshot>", "expected 0 or 1"),
+    (b"<domainsnapshot><active>0</active></domainsnapshot>", "has no <name>"),
+    (b"\xff\xfe<domainsnapshot/>", "not well-formed"),
+    (b"<domainsnapshot><name>a\x00</name><active>0</active></domainsnapshot>", "not well-formed"),
+])
+def test_broken_legacy_files_give_one_line_reasons(data: bytes, reason: str) -> None:
+    with pytest.raises(errors.FormatError) as info:
+        parse(data)
+    assert reason in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("f.xml: ")
+
+
+XXE = b"""<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/shadow">]>
+<domainsnapshot><name>&x;</name><active>0</active></domainsnapshot>"""
+LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">""" + b"".join(
+    f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(9)) + \
+    b"""]><domainsnapshot><name>&j;</name><active>0</active></domainsnapshot>"""
+
+
+@pytest.mark.parametrize("data", [XXE, LAUGHS], ids=["xxe", "billion-laughs"])
+def test_entities_and_doctypes_are_refused(data: bytes) -> None:
+    with pytest.raises(errors.FormatError) as info:
+        parse(data)
+    assert "DOCTYPE" in str(info.value) or "entity" in str(info.value)
+
+
+def test_size_cap_is_checked_before_parsing() -> None:
+    data = samples.snapshot_xml("s", description="x" * 2_000_000)
+    with pytest.raises(errors.FormatError, match="1048576-byte limit"):
+        parse(data)
+    assert legacy.parse_legacy(data, SNAP, "f", limit=4 << 20).moment.name == "s"
+
+
+def test_deep_nesting_is_refused() -> None:
+    data = b"<domainsnapshot><name>x</name>" + b"<a>" * 10000 + b"</a>" * 10000 + b"<active>0</active></domainsnapshot>"
+    with pytest.raises(errors.FormatError, match="not well-formed"):
+        parse(data)
+
+
+def test_consolidated_refuses_foreign_children_and_versions() -> None:
+    for data, reason in [(b"<snapshots domain='v' format='2'/>", "format '2'"),
+                         (b"<snapshots format='1'/>", "no domain"),
+                         (b"<checkpoints domain='v' format='1'/>", "expected <snapshots>"),
+                         (b"<snapshots domain='v' format='1'><domain/></snapshots>", "holds <domain>"),
+                         (b"<snapshots domain='v' format='1'><domainsnapshot><name>a</name><active>1</active>"
+                          b"</domainsnapshot></snapshots>", "<active> marker")]:
+        with pytest.raises(errors.FormatError, match=reason):
+            consolidated.parse_consolidated(data, SNAP, "c")
+
+
+def test_canonical_ignores_indentation_but_not_leaf_text() -> None:
+    a = etree.fromstring(b"<r>\n  <d>  </d>\n  <e a='1'/>\n</r>")
+    b = etree.fromstring(b'<r><d>  </d><e a="1"></e></r>')
+    c = etree.fromstring(b"<r><d> </d><e a='1'/></r>")
+    assert xmlsafe.canonical(a) == xmlsafe.canonical(b) != xmlsafe.canonical(c)
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40).filter(
+    lambda s: all(c in "\t\n\r" or ord(c) >= 0x20 for c in s) and "\r" not in s and all(
+        not (0xFFFE <= ord(c) <= 0xFFFF) for c in s))
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=TEXT.filter(bool), description=TEXT)
+def test_any_text_round_trips_through_both_formats(name: str, description: str) -> None:
+    entry = parse(samples.snapshot_xml(name, description=description, active=True))
+    tree = model.Tree(SNAP, "vm1", [entry.moment], name)
+    back = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c")
+    assert back.current == name and back.moments[0].name == name
+    again = parse(legacy.format_legacy(back.moments[0], SNAP, active=True))
+    assert again.active and xmlsafe.canonical(again.moment.element) == xmlsafe.canonical(entry.moment.element)
+    assert again.moment.element.findtext("description") == description
