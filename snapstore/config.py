@@ -33,6 +33,15 @@ class Config:
     libvirt_pidfiles: tuple[Path, ...] = (Path("/run/libvirt/libvirtd.pid"),
                                           Path("/run/libvirt/virtqemud.pid"))
 
+    # Daemon: quiet period after the last event of a domain before reading it
+    # (libvirt writes several files per operation).
+    quiet_period: float = 0.25
+    # Daemon: how long an inconsistent folder is retried before the domain is
+    # reported degraded (the last good file stays).
+    settle_timeout: float = 5.0
+    # Daemon: full reconcile of every domain, the safety net under inotify.
+    reconcile_interval: float = 600.0
+
     def as_dict(self) -> dict[str, Any]:
         return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
 

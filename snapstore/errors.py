@@ -18,13 +18,20 @@ class SnapstoreError(Exception):
 
     def __init__(self, **fields: Any) -> None:
         self.fields = fields
-        super().__init__(self.template.format(**fields))
+        super().__init__(one_line(self.template.format(**fields)))
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self.__dict__["fields"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+def one_line(text: str) -> str:
+    """Control characters escaped, so a hostile file name cannot forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class UsageError(SnapstoreError):

@@ -28,6 +28,7 @@ class LegacyFolder:
     entries: dict[str, legacy.LegacyMoment] = dataclasses.field(default_factory=dict)  # by file name
     failures: list[errors.FormatError] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)  # harmless oddities
+    libvirt_temps: list[str] = dataclasses.field(default_factory=list)  # <name>.xml.new: a write in flight
 
     def tree(self) -> model.Tree:
         actives = [e.moment.name for e in self.entries.values() if e.active]
@@ -59,21 +60,32 @@ def domains(root: Path) -> list[str]:
                   if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(fsio.TEMP_PREFIX))
 
 
-def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT) -> LegacyFolder:
+# File name -> ((inode, size, mtime_ns), parsed entry): lets a caller that
+# reads the same folder again parse only the files that changed.
+Cache = dict[str, tuple[tuple[int, int, int], legacy.LegacyMoment]]
+
+
+def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
+                cache: Cache | None = None) -> LegacyFolder:
     path = domain_folder(root, domain)
     folder = LegacyFolder(kind, domain, path)
     with fsio.opened_dir(path, missing_ok=True) as dir_fd:
         if dir_fd is None:
             raise errors.UnknownDomain(domain=domain, reason=f"no folder {path}")
-        for name in sorted(os.listdir(dir_fd)):
-            _read_entry(folder, dir_fd, name, limit)
+        names = sorted(os.listdir(dir_fd))
+        for name in names:
+            _read_entry(folder, dir_fd, name, limit, cache)
+    if cache is not None:
+        for gone in set(cache) - set(names):
+            del cache[gone]
     return folder
 
 
-def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int) -> None:
+def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
     display = folder.path / name
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
         folder.notes.append(f"{display}: libvirt temp left by an interrupted write, ignored")
+        folder.libvirt_temps.append(name)
         return
     if not name.endswith(".xml"):
         folder.notes.append(f"{display}: not a .xml file, ignored (libvirtd still parses it at start)")
@@ -82,13 +94,32 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int) -> Non
         folder.failures.append(errors.FormatError(path=display, reason="file name starts with '.'; qemu cannot hold such a name"))
         return
     try:
-        entry = legacy.parse_legacy(fsio.read_regular(dir_fd, name, limit, display), folder.kind, str(display), limit)
+        entry = _parsed(dir_fd, name, display, folder.kind, limit, cache)
     except errors.FormatError as e:
         folder.failures.append(e)
         return
     if naming.legacy_file_name(entry.moment.name) != name:
         folder.notes.append(f"{display}: holds {folder.kind.name} {entry.moment.name!r}; its name wins, as in libvirt")
     folder.entries[name] = entry
+
+
+def _parsed(dir_fd: int, name: str, display: Path, kind: kinds.Kind, limit: int,
+            cache: Cache | None) -> legacy.LegacyMoment:
+    identity = _identity(dir_fd, name) if cache is not None else None
+    if identity is not None and name in cache and cache[name][0] == identity:
+        return cache[name][1]
+    entry = legacy.parse_legacy(fsio.read_regular(dir_fd, name, limit, display), kind, str(display), limit)
+    if identity is not None:
+        cache[name] = (identity, entry)
+    return entry
+
+
+def _identity(dir_fd: int, name: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def format_files(tree: model.Tree) -> dict[str, bytes]:

@@ -92,14 +92,20 @@ class Store:
         """
         _raise_problems(tree)
         data = consolidated.format_consolidated(tree)
+        if dry_run:  # no lock: a dry run must work before the state folder exists
+            return self._needs_write(tree, data, allow_empty)
         with self.lock(tree.kind, tree.domain):
-            old = self.read_bytes(tree.kind, tree.domain)
-            if old == data:
+            if not self._needs_write(tree, data, allow_empty):
                 return False
-            if not tree.moments and old and not allow_empty:
-                self._refuse_emptying(tree, old)
-            if not dry_run:
-                fsio.atomic_write(self.path(tree.kind, tree.domain), data)
+            fsio.atomic_write(self.path(tree.kind, tree.domain), data)
+        return True
+
+    def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
+        old = self.read_bytes(tree.kind, tree.domain)
+        if old == data:
+            return False
+        if not tree.moments and old and not allow_empty:
+            self._refuse_emptying(tree, old)
         return True
 
     def _refuse_emptying(self, tree: model.Tree, old: bytes) -> None:

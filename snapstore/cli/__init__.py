@@ -12,14 +12,14 @@ import sys
 from collections.abc import Sequence
 
 from snapstore import __version__, errors
-from snapstore.cli import common, consolidate, expand, listing
+from snapstore.cli import common, consolidate, daemon, expand, listing
 
-_COMMANDS = (consolidate, expand, listing)
+_COMMANDS = (consolidate, expand, listing, daemon)
 log = logging.getLogger("snapstore")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = common.Parser(
         prog="snapstore", parents=[common.global_options(suppress=False)],
         description="Crash-safe consolidated libvirt snapshot and checkpoint metadata.")
     parser.add_argument("--version", action="version", version=f"snapstore {__version__}")

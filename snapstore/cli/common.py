@@ -11,6 +11,13 @@ from typing import Any
 from snapstore import config, errors, kinds, store
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, errors.one_line(f"snapstore: {message} (see '{self.prog} --help')") + "\n")
+
+
 def global_options(suppress: bool) -> argparse.ArgumentParser:
     """Options accepted before or after the command name.
 
@@ -18,7 +25,7 @@ def global_options(suppress: bool) -> argparse.ArgumentParser:
     typed before the command is not reset by the command's parser.
     """
     default = argparse.SUPPRESS if suppress else None
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = Parser(add_help=False)
     parser.add_argument("--config", type=Path, default=default, metavar="FILE",
                         help=f"TOML settings (default {config.DEFAULT_PATH}, if it exists)")
     parser.add_argument("--libvirt-dir", type=Path, default=default, metavar="DIR",
@@ -70,7 +77,7 @@ class Context:
 
     def warn(self, line: str) -> None:
         if self.verbosity >= 0:
-            print(f"snapstore: warning: {line}", file=sys.stderr)
+            print(f"snapstore: warning: {errors.one_line(line)}", file=sys.stderr)
 
     def emit_json(self, data: Any) -> None:
         json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
@@ -86,6 +93,6 @@ def report(error: errors.SnapstoreError) -> None:
     """One line per problem on stderr: a refused tree lists each broken rule."""
     if isinstance(error, errors.TreeError):
         for problem in error.problems:
-            print(f"snapstore: {error.domain}: {problem}", file=sys.stderr)
+            print(errors.one_line(f"snapstore: {error.domain}: {problem}"), file=sys.stderr)
     else:
         print(f"snapstore: {error}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""``snapstore daemon``: keep consolidated files in step with libvirt's folders."""

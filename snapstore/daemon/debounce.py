@@ -1,0 +1,31 @@
+"""Per-key quiet periods, with the clock passed in (pure, testable)."""
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+
+class Debouncer:
+    """A key is due once ``quiet`` seconds passed without a new touch."""
+
+    def __init__(self, quiet: float) -> None:
+        self.quiet = quiet
+        self._due: dict[Hashable, float] = {}
+
+    def touch(self, key: Hashable, now: float) -> None:
+        self._due[key] = now + self.quiet
+
+    def retry(self, key: Hashable, at: float) -> None:
+        """Due again at ``at`` unless a touch comes first (and pushes it later)."""
+        self._due[key] = max(at, self._due.get(key, at))
+
+    def pop_due(self, now: float) -> list[Hashable]:
+        due = [key for key, at in self._due.items() if at <= now]
+        for key in due:
+            del self._due[key]
+        return sorted(due, key=str)
+
+    def next_due(self) -> float | None:
+        return min(self._due.values(), default=None)
+
+    def __len__(self) -> int:
+        return len(self._due)

@@ -1,0 +1,139 @@
+"""The daemon's main loop: watch, debounce, sync, notify systemd.
+
+Signal handlers only put an item on the queue (SimpleQueue.put is safe
+there), so a commit in flight always finishes before a signal is acted on.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from collections.abc import Callable
+
+from snapstore import config, errors, kinds, store
+from snapstore.daemon import debounce, logs, notify, sync, watcher
+
+log = logging.getLogger("snapstore.daemon")
+_WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked often
+
+
+class Service:
+    def __init__(self, settings: config.Config, reload: Callable[[], config.Config],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.reload_settings = reload
+        self.clock = clock
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.notifier = notify.Notifier()
+        self._build()
+
+    def _build(self) -> None:
+        state = store.Store(self.settings.state_dir, self.settings.lock_timeout, self.settings.max_store_bytes)
+        state.prepare()
+        self.sync = sync.Synchronizer(self.settings, state, self.clock)
+        self.debouncer = debounce.Debouncer(self.settings.quiet_period)
+        roots = {kind: self.sync.root(kind) for kind in kinds.ALL}
+        self.watcher = watcher.Watcher(roots, self.queue)
+
+    def run(self) -> int:
+        self._install_signals()
+        self.watcher.start()  # before the first scan: no change can fall in between
+        self.reconcile(at_start=True)
+        self.notifier.ready(self.sync.status())
+        log.info("ready: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
+        next_reconcile = self.clock() + self.settings.reconcile_interval
+        next_ping = self.clock()
+        while True:
+            now = self.clock()
+            if self.notifier.watchdog_interval and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + self.notifier.watchdog_interval
+            if now >= next_reconcile:
+                self.reconcile()
+                next_reconcile = now + self.settings.reconcile_interval
+            deadline = min(d for d in (self.debouncer.next_due(), next_reconcile, next_ping,
+                                       now + _WAKE_AT_LEAST) if d is not None)
+            if not self._handle(self._wait(deadline - now)):
+                break
+            self._sync_due()
+            self._check_watcher()
+            self.notifier.status(self.sync.status())
+        self.notifier.stopping()
+        self.watcher.stop()
+        log.info("stopped", extra=logs.fields(logs.STOPPED))
+        return 0
+
+    def _wait(self, timeout: float) -> list[tuple]:
+        """Everything queued, waiting up to ``timeout`` for the first item."""
+        try:
+            items = [self.queue.get(timeout=max(timeout, 0.0))]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _handle(self, items: list[tuple]) -> bool:
+        """Act on queued items; False when the daemon must stop."""
+        now = self.clock()
+        for item in items:
+            if item[0] == "domain":
+                self.debouncer.touch((item[1], item[2]), now)
+            elif item[0] == "rescan":
+                log.warning("events may have been lost; full rescan", extra=logs.fields(logs.RESCAN))
+                self.reconcile()
+            elif item[0] == "reload":
+                self._reload()
+            elif item[0] == "stop":
+                return False
+        return True
+
+    def _sync_due(self) -> None:
+        for key in self.debouncer.pop_due(self.clock()):
+            if self._sync_one(key) is sync.Outcome.UNSETTLED:
+                self.debouncer.retry(key, self.clock() + self.settings.quiet_period)
+
+    def _sync_one(self, key: sync.Key, at_start: bool = False) -> sync.Outcome | None:
+        try:
+            return self.sync.sync(key, at_start)
+        except errors.SnapstoreError as e:  # logged, retried at the next event or reconcile
+            log.error("%s %s: %s", key[0].name, key[1], e, extra=logs.fields(logs.FAILED, key[1]))
+            log.debug("details", exc_info=True)
+            return None
+
+    def reconcile(self, at_start: bool = False) -> None:
+        """Every domain, now; unsettled ones are retried through the debouncer."""
+        for key in self.sync.all_keys():
+            if self._sync_one(key, at_start) is sync.Outcome.UNSETTLED:
+                self.debouncer.retry(key, self.clock() + self.settings.quiet_period)
+
+    def _check_watcher(self) -> None:
+        if not self.watcher.alive():
+            log.error("file watcher stopped; restarting it and rescanning", extra=logs.fields(logs.RESCAN))
+            self.watcher.stop()
+            self.watcher.start()
+            self.reconcile()
+        elif self.watcher.missing_roots():
+            self.watcher.start()
+            self.reconcile()
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            self.settings = self.reload_settings()
+        except errors.SnapstoreError as e:
+            log.error("reload failed, keeping the old settings: %s", e, extra=logs.fields(logs.FAILED))
+        self.watcher.stop()
+        self._build()
+        self.watcher.start()
+        self.reconcile(at_start=True)  # fresh state: the start-up guards apply again
+        self.notifier.ready(self.sync.status())
+        log.info("reloaded: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.queue.put(("stop",)))
+        signal.signal(signal.SIGINT, lambda *_: self.queue.put(("stop",)))
+        signal.signal(signal.SIGHUP, lambda *_: self.queue.put(("reload",)))

@@ -1,0 +1,175 @@
+"""Bring one domain's consolidated file in step with its libvirt folder.
+
+The consistency gate: only a folder that passes every rule of DESIGN §2
+(at most one <active>1, no libvirt write in flight) is committed. An
+inconsistent one is retried until the settle timeout, then the domain is
+degraded: the last good file stays and the reasons are logged once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from snapstore import config, errors, kinds, legacydir, model, store
+from snapstore.daemon import logs
+
+log = logging.getLogger("snapstore.daemon")
+
+
+class Outcome(enum.Enum):
+    COMMITTED = "committed"
+    UNCHANGED = "unchanged"
+    UNSETTLED = "unsettled"   # inconsistent, still inside the settle timeout: retry
+    DEGRADED = "degraded"     # inconsistent past the settle timeout: last good file kept
+    GUARDED = "guarded"       # the store holds moments libvirt lost: not overwritten
+    ATTIC = "attic"           # the domain folder is gone: its file moved to attic/
+    ABSENT = "absent"         # neither folder nor file
+
+
+@dataclasses.dataclass
+class DomainState:
+    cache: legacydir.Cache = dataclasses.field(default_factory=dict)
+    unsettled_since: float | None = None
+    degraded: list[str] | None = None
+    guarded: bool = False
+    count: int = 0
+
+
+Key = tuple[kinds.Kind, str]
+
+
+class Synchronizer:
+    def __init__(self, settings: config.Config, state: store.Store, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.store = state
+        self.clock = clock
+        self.domains: dict[Key, DomainState] = {}
+
+    def root(self, kind: kinds.Kind) -> Path:
+        return self.settings.checkpoint_dir if kind is kinds.CHECKPOINT else self.settings.libvirt_dir
+
+    def all_keys(self) -> list[Key]:
+        """Every domain known to libvirt's roots or to the store."""
+        keys = set(self.domains)
+        for kind in kinds.ALL:
+            keys.update((kind, domain) for domain in self.store.domains(kind))
+            if self.root(kind).is_dir():
+                keys.update((kind, domain) for domain in legacydir.domains(self.root(kind)))
+        return sorted(keys, key=lambda key: (key[0].name, key[1]))
+
+    def sync(self, key: Key, at_start: bool = False) -> Outcome:
+        kind, domain = key
+        state = self.domains.setdefault(key, DomainState())
+        try:
+            folder = legacydir.read_folder(self.root(kind), kind, domain, self.settings.max_legacy_bytes, state.cache)
+        except errors.UnknownDomain:
+            return self._folder_gone(key, state, at_start)
+        problems = folder.problems() + [f"libvirt is writing {name} (or crashed while writing it)"
+                                        for name in folder.libvirt_temps]
+        if problems:
+            return self._unsettled(key, state, problems)
+        return self._commit(key, state, folder.tree(), at_start)
+
+    def _commit(self, key: Key, state: DomainState, tree: model.Tree, at_start: bool) -> Outcome:
+        kind, domain = key
+        if state.guarded or (at_start and not tree.moments):
+            outcome = self._guard(key, state, tree)
+            if outcome is not None:
+                return outcome
+        changed = self.store.replace(tree, allow_empty=True)
+        self._settled(key, state)
+        state.count = len(tree)
+        if changed:
+            log.info("%s %s: committed %d %s, current %s", kind.name, domain, len(tree), kind.plural,
+                     tree.current, extra=logs.fields(logs.COMMITTED, domain, tree.current))
+            return Outcome.COMMITTED
+        return Outcome.UNCHANGED
+
+    def _guard(self, key: Key, state: DomainState, tree: model.Tree) -> Outcome | None:
+        """Keep a store file whose moments libvirt no longer has.
+
+        At start an empty folder means lost metadata (a reinstall); once
+        libvirt writes new moments, the old file moves to the attic first.
+        """
+        kind, domain = key
+        held = self._held(key)
+        if not held:
+            state.guarded = False
+            return None
+        if not tree.moments:
+            self._report_guard(key, state, held, "is empty")
+            return Outcome.GUARDED
+        kept = self.store.to_attic(kind, domain)
+        log.warning("%s %s: libvirt has new %s; the %d lost ones are kept in %s", kind.name, domain,
+                    kind.plural, held, kept, extra=logs.fields(logs.ATTIC, domain))
+        state.guarded = False
+        return None
+
+    def _folder_gone(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
+        kind, domain = key
+        held = self._held(key)
+        if self.store.read_bytes(kind, domain) is None:
+            self.domains.pop(key, None)
+            return Outcome.ABSENT
+        if at_start or state.guarded or not self.root(kind).is_dir():
+            self._report_guard(key, state, held, "is missing")
+            return Outcome.GUARDED
+        kept = self.store.to_attic(kind, domain)
+        log.info("%s %s: libvirt folder removed (undefine); file moved to %s", kind.name, domain, kept,
+                 extra=logs.fields(logs.ATTIC, domain))
+        self.domains.pop(key, None)
+        return Outcome.ATTIC
+
+    def _report_guard(self, key: Key, state: DomainState, held: int, what: str) -> None:
+        kind, domain = key
+        if not state.guarded:
+            log.warning("%s %s: libvirt folder %s but the store holds %d %s; not overwriting it. "
+                        "Bring them back with: snapstore expand %s%s", kind.name, domain, what, held,
+                        kind.plural, domain, " --checkpoints" if kind is kinds.CHECKPOINT else "",
+                        extra=logs.fields(logs.GUARDED, domain))
+        state.guarded = True
+        state.count = held
+
+    def _held(self, key: Key) -> int:
+        try:
+            tree = self.store.read_tree(*key)
+        except errors.SnapstoreError:
+            return 1  # unreadable: treat as holding something, never overwrite blindly
+        return len(tree) if tree else 0
+
+    def _unsettled(self, key: Key, state: DomainState, problems: list[str]) -> Outcome:
+        kind, domain = key
+        now = self.clock()
+        if state.unsettled_since is None:
+            state.unsettled_since = now
+            log.debug("%s %s: inconsistent, waiting: %s", kind.name, domain, "; ".join(problems))
+        if now - state.unsettled_since < self.settings.settle_timeout:
+            return Outcome.UNSETTLED
+        if state.degraded is None:
+            log.warning("%s %s: degraded, keeping the last good file: %s", kind.name, domain,
+                        "; ".join(problems), extra=logs.fields(logs.DEGRADED, domain))
+        state.degraded = problems
+        return Outcome.DEGRADED
+
+    def _settled(self, key: Key, state: DomainState) -> None:
+        if state.degraded is not None:
+            log.info("%s %s: consistent again", key[0].name, key[1], extra=logs.fields(logs.RECOVERED, key[1]))
+        state.unsettled_since = None
+        state.degraded = None
+
+    def status(self) -> str:
+        """systemd STATUS= text: counts, and what needs an operator."""
+        counts = {kind: sum(s.count for (k, _), s in self.domains.items() if k is kind) for kind in kinds.ALL}
+        domains = len({domain for _, domain in self.domains})
+        text = (f"{domains} domains, {counts[kinds.SNAPSHOT]} snapshots, "
+                f"{counts[kinds.CHECKPOINT]} checkpoints")
+        degraded = sorted(d for (_, d), s in self.domains.items() if s.degraded is not None)
+        guarded = sorted(d for (_, d), s in self.domains.items() if s.guarded)
+        if degraded:
+            text += f"; degraded: {', '.join(degraded)}"
+        if guarded:
+            text += f"; guarded (store kept, libvirt folder missing or empty): {', '.join(guarded)}"
+        return errors.one_line(text)

@@ -1,0 +1,88 @@
+"""inotify (through watchdog) on libvirt's snapshot and checkpoint roots.
+
+Events become ("domain", kind, domain) items on the daemon's queue; the
+daemon decides when to read. An inotify queue overflow (watchdog only logs
+it, then rebuilds its watches) and a dead observer become ("rescan",).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from pathlib import Path
+
+from watchdog import events, observers
+
+from snapstore import fsio, kinds
+
+log = logging.getLogger("snapstore.daemon")
+
+
+class Watcher:
+    def __init__(self, roots: dict[kinds.Kind, Path], sink: queue.SimpleQueue) -> None:
+        self.roots = roots
+        self.sink = sink
+        self.watched: set[kinds.Kind] = set()
+        self._observer: observers.Observer | None = None
+        self._overflow = _OverflowSignal(sink)
+
+    def start(self) -> None:
+        """Watch every root that exists now; call again to pick up new roots."""
+        if self._observer is None:
+            self._observer = observers.Observer()
+            logging.getLogger("watchdog").addFilter(self._overflow)
+            self._observer.start()
+        for kind, root in self.roots.items():
+            if kind not in self.watched and root.is_dir():
+                self._observer.schedule(_Handler(kind, root, self.sink), str(root), recursive=True)
+                self.watched.add(kind)
+
+    def missing_roots(self) -> bool:
+        return any(kind not in self.watched and root.is_dir() for kind, root in self.roots.items())
+
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            logging.getLogger("watchdog").removeFilter(self._overflow)
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+            self.watched.clear()
+
+
+class _Handler(events.FileSystemEventHandler):
+    def __init__(self, kind: kinds.Kind, root: Path, sink: queue.SimpleQueue) -> None:
+        self.kind, self.root, self.sink = kind, os.fsdecode(root), sink
+
+    def on_any_event(self, event: events.FileSystemEvent) -> None:
+        if event.event_type in (events.EVENT_TYPE_OPENED, events.EVENT_TYPE_CLOSED_NO_WRITE):
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        for domain in {self._domain_of(os.fsdecode(path)) for path in paths if path}:
+            if domain is not None:
+                self.sink.put(("domain", self.kind, domain))
+
+    def _domain_of(self, path: str) -> str | None:
+        """The domain a path belongs to, or None for what we ignore."""
+        relative = os.path.relpath(path, self.root)
+        parts = relative.split(os.sep)
+        if relative.startswith("..") or parts[0] in (".", "") or parts[0].startswith(fsio.TEMP_PREFIX):
+            return None
+        if len(parts) == 2 and not parts[1].endswith(".xml"):
+            return None  # libvirt's <name>.xml.new temps and foreign files
+        return parts[0] if len(parts) <= 2 else None
+
+
+class _OverflowSignal(logging.Filter):
+    """watchdog logs, but does not report, lost events: turn that into a rescan."""
+
+    def __init__(self, sink: queue.SimpleQueue) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overflow" in record.getMessage().lower():
+            self.sink.put(("rescan",))
+        return True
