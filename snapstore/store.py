@@ -37,12 +37,14 @@ class Store:
 
     def prepare(self) -> None:
         """Create the layout (mode 0700) and sweep temps of dead writers."""
+        # The root may be a symlink (systemd's DynamicUser= makes
+        # /var/lib/snapstore one); nothing inside it may be.
         for folder in (self.root, *(self.root / name for name in _FOLDERS)):
             try:
                 folder.mkdir(mode=0o700, exist_ok=True)
             except OSError as e:
                 raise errors.EnvironmentProblem(path=folder, reason=f"cannot create state folder: {fsio.reason(e)}") from e
-            if folder.is_symlink():
+            if folder != self.root and folder.is_symlink():
                 raise errors.EnvironmentProblem(path=folder, reason="is a symlink, not followed")
         for kind in kinds.ALL:
             fsio.sweep_temps(self.root / kind.plural)
@@ -136,7 +138,9 @@ def _raise_problems(tree: model.Tree) -> None:
 @contextlib.contextmanager
 def _flocked(path: Path, exclusive: bool, timeout: float) -> Iterator[None]:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # Read-only is enough for flock, and lets the service's dynamic user
+        # (CAP_DAC_READ_SEARCH) lock a file root's commands created.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise errors.EnvironmentProblem(path=path, reason=f"cannot open lock file: {fsio.reason(e)}") from e
     try:

@@ -1,0 +1,93 @@
+"""The daemon's pure parts: debounce (clock passed in), notify, logs, event mapping."""
+from __future__ import annotations
+
+import os
+import queue
+import socket
+from pathlib import Path
+
+from watchdog import events
+
+from snapstore import kinds
+from snapstore.daemon import debounce, logs, notify, watcher
+
+
+def test_a_key_is_due_after_a_quiet_period_since_its_last_touch() -> None:
+    bouncer = debounce.Debouncer(0.25)
+    bouncer.touch("vm1", now=0.0)
+    bouncer.touch("vm1", now=0.2)
+    assert bouncer.pop_due(0.4) == [] and bouncer.next_due() == 0.45
+    assert bouncer.pop_due(0.45) == ["vm1"] and len(bouncer) == 0 and bouncer.next_due() is None
+
+
+def test_keys_are_independent_and_retry_never_hastens() -> None:
+    bouncer = debounce.Debouncer(1.0)
+    bouncer.touch("a", now=0.0)
+    bouncer.touch("b", now=0.5)
+    bouncer.retry("b", at=0.1)  # an earlier retry must not cut b's quiet period
+    assert bouncer.pop_due(1.0) == ["a"]
+    bouncer.retry("c", at=2.0)
+    assert bouncer.pop_due(1.6) == ["b"] and bouncer.pop_due(2.0) == ["c"]
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    assert notify.Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    assert notify.Notifier({}).watchdog_interval is None
+    assert notify.Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval is None
+    assert notify.Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    mine = {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())}
+    assert notify.Notifier(mine).watchdog_interval == 0.5
+
+
+def test_notifications_reach_the_notify_socket(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "notify"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    notifier = notify.Notifier({})
+    notifier.ready("1 domains")
+    notifier.status("1 domains")  # unchanged: not sent again
+    notifier.status("2 domains")
+    notifier.stopping()
+    received = [server.recv(4096).decode() for _ in range(3)]
+    assert received == ["READY=1\nSTATUS=1 domains", "STATUS=2 domains", "STOPPING=1\nSTATUS=stopping"]
+
+
+def test_journald_is_used_only_when_stderr_is_the_journal_stream(tmp_path: Path) -> None:
+    with open(tmp_path / "stream", "w") as stream:
+        info = os.fstat(stream.fileno())
+        assert logs.under_journald({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}, stream.fileno())
+        assert not logs.under_journald({"JOURNAL_STREAM": "1:2"}, stream.fileno())
+        assert not logs.under_journald({}, stream.fileno())
+
+
+def test_log_fields_are_journald_names() -> None:
+    assert logs.fields(logs.COMMITTED, "vm1", "s1") == {
+        "MESSAGE_ID": logs.COMMITTED, "SNAPSTORE_DOMAIN": "vm1", "SNAPSTORE_SNAPSHOT": "s1"}
+    ids = [value for name, value in vars(logs).items() if name.isupper()]
+    assert len(ids) == len(set(ids)) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def events_for(*raw: events.FileSystemEvent) -> list[tuple]:
+    sink: queue.SimpleQueue = queue.SimpleQueue()
+    handler = watcher._Handler(kinds.SNAPSHOT, Path("/r"), sink)
+    for event in raw:
+        handler.dispatch(event)
+    found = []
+    while not sink.empty():
+        found.append(sink.get())
+    return found
+
+
+def test_libvirt_writes_map_to_their_domain_and_temps_are_ignored() -> None:
+    key = ("domain", kinds.SNAPSHOT, "vm1")
+    assert events_for(events.FileCreatedEvent("/r/vm1/s1.xml.new"),
+                      events.FileModifiedEvent("/r/vm1/s1.xml.new")) == []
+    assert events_for(events.FileMovedEvent("/r/vm1/s1.xml.new", "/r/vm1/s1.xml")) == [key]
+    assert events_for(events.FileDeletedEvent("/r/vm1/s1.xml")) == [key]
+    assert events_for(events.DirDeletedEvent("/r/vm1")) == [key]
+    assert events_for(events.FileCreatedEvent("/r/vm1/notes.txt"),
+                      events.DirCreatedEvent("/r/.snapstore-tmp-1-ab"),
+                      events.FileCreatedEvent("/r/vm1/sub/deep.xml"),
+                      events.DirModifiedEvent("/r")) == []
