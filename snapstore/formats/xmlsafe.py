@@ -47,24 +47,53 @@ def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
 def canonical(element: etree._Element) -> bytes:
     """C14N of an element, ignoring only the indentation between elements.
 
-    Whitespace-only text is indentation when its element has child elements;
-    text of leaf elements (a blank description) is content and is kept.
+    Whitespace is indentation only inside element-only content; the text of
+    leaf elements (a blank description) and every gap inside mixed content
+    (``<x>a<y/> <z/>b</x>``) is content and is kept.
     """
     clone = copy.deepcopy(element)
     clone.tail = None
     for node in clone.iter():
-        if len(node) and node.text is not None and not node.text.strip():
+        if len(node) and not _is_mixed(node):
             node.text = None
-        for child in node:
-            if child.tail is not None and not child.tail.strip():
+            for child in node:
                 child.tail = None
     return etree.tostring(clone, method="c14n")
 
 
 def serialize(element: etree._Element, level: int) -> bytes:
-    """The element indented by two spaces a level, starting at ``level``."""
-    etree.indent(element, space="  ", level=level)
+    """The element indented by two spaces a level, starting at ``level``.
+
+    lxml's indent() is fast but rewrites whitespace inside mixed content
+    too, so a document holding any mixed content is indented by our walk.
+    """
+    if _HAS_MIXED(element):
+        _indent_element_only(element, level)
+    else:
+        etree.indent(element, space="  ", level=level)
     return etree.tostring(element, encoding="UTF-8", xml_declaration=False, with_tail=False)
+
+
+_HAS_MIXED = etree.XPath("boolean(descendant-or-self::*[* and text()[normalize-space()]])")
+
+
+def _is_mixed(node: etree._Element) -> bool:
+    return bool(node.text and node.text.strip()) or any(child.tail and child.tail.strip() for child in node)
+
+
+def _indent_element_only(element: etree._Element, level: int) -> None:
+    stack = [(element, level)]
+    while stack:
+        node, depth = stack.pop()
+        children = list(node)
+        if not children:
+            continue
+        if not _is_mixed(node):
+            node.text = "\n" + "  " * (depth + 1)
+            for child in children:
+                child.tail = node.text
+            children[-1].tail = "\n" + "  " * depth
+        stack.extend((child, depth + 1) for child in children if isinstance(child.tag, str))
 
 
 def _first_line(error: Exception) -> str:

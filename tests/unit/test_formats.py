@@ -147,3 +147,15 @@ def test_any_text_round_trips_through_both_formats(name: str, description: str) 
     again = parse(legacy.format_legacy(back.moments[0], SNAP, active=True))
     assert again.active and xmlsafe.canonical(again.moment.element) == xmlsafe.canonical(entry.moment.element)
     assert again.moment.element.findtext("description") == description
+
+
+def test_mixed_content_whitespace_is_kept_by_serialize_and_canonical() -> None:
+    extra = "  <metadata><app:x xmlns:app='urn:a'>a<app:y/> <app:z/>b</app:x></metadata>\n"
+    entry = parse(samples.snapshot_xml("s1", extra=extra))
+    tree = model.Tree(SNAP, "vm1", [entry.moment], None)
+    back = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c").moments[0]
+    mixed = back.element.find("metadata/{urn:a}x")
+    assert [mixed.text, mixed[0].tail, mixed[1].tail] == ["a", " ", "b"]
+    assert b"<metadata>\n      <app:x" in consolidated.format_consolidated(tree)  # element-only still indented
+    changed = etree.fromstring(b"<r><x>a<y/>\n  <z/>b</x></r>")
+    assert xmlsafe.canonical(changed) != xmlsafe.canonical(etree.fromstring(b"<r><x>a<y/> <z/>b</x></r>"))
