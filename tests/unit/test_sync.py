@@ -1,0 +1,131 @@
+"""The daemon's sync rules on a real folder, with the clock faked."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from snapstore import config, kinds, store
+from snapstore.daemon import sync
+from snapstore.formats import legacy
+
+import samples
+
+KEY = (kinds.SNAPSHOT, "vm1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    settings = config.Config(libvirt_dir=tmp_path / "snap", checkpoint_dir=tmp_path / "ckpt",
+                             state_dir=tmp_path / "state", settle_timeout=5.0)
+    settings.libvirt_dir.mkdir()
+    state = store.Store(settings.state_dir)
+    state.prepare()
+    clock = Clock()
+    return sync.Synchronizer(settings, state, clock), settings.libvirt_dir / "vm1", clock
+
+
+def test_consistent_folder_is_committed_once(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None), ("b", "a")], current="b")
+    assert synchronizer.sync(KEY, at_start=True) is sync.Outcome.COMMITTED
+    assert synchronizer.sync(KEY) is sync.Outcome.UNCHANGED
+    assert synchronizer.store.read_tree(*KEY).current == "b"
+    assert synchronizer.status() == "1 domains, 2 snapshots, 0 checkpoints"
+
+
+def test_inconsistent_folder_waits_then_degrades_and_recovers(env) -> None:
+    synchronizer, folder, clock = env
+    samples.write_folder(folder, [("a", None), ("b", "a")], current="b")
+    synchronizer.sync(KEY)
+    good = synchronizer.store.path(*KEY).read_bytes()
+    (folder / "a.xml").write_bytes(samples.snapshot_xml("a", None, active=True))  # two current
+    assert synchronizer.sync(KEY) is sync.Outcome.UNSETTLED
+    clock.now += 4.9
+    assert synchronizer.sync(KEY) is sync.Outcome.UNSETTLED
+    clock.now += 0.2
+    assert synchronizer.sync(KEY) is sync.Outcome.DEGRADED
+    assert "degraded: vm1" in synchronizer.status()
+    assert synchronizer.store.path(*KEY).read_bytes() == good
+    (folder / "a.xml").write_bytes(samples.snapshot_xml("a", None, active=False))
+    assert synchronizer.sync(KEY) is sync.Outcome.UNCHANGED and "degraded" not in synchronizer.status()
+
+
+def test_a_libvirt_temp_in_the_folder_holds_the_commit(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    (folder / "b.xml.new").write_bytes(samples.snapshot_xml("b", "a"))
+    assert synchronizer.sync(KEY) is sync.Outcome.UNSETTLED
+    assert synchronizer.store.read_bytes(*KEY) is None
+
+
+def test_only_changed_files_are_parsed_again(env, monkeypatch) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [(f"s{i}", f"s{i - 1}" if i else None) for i in range(20)], current="s19")
+    parsed: list[str] = []
+    real = legacy.parse_legacy
+    monkeypatch.setattr(legacy, "parse_legacy", lambda data, kind, source, limit: (
+        parsed.append(Path(source).name), real(data, kind, source, limit))[1])
+    synchronizer.sync(KEY)
+    assert len(parsed) == 20
+    parsed.clear()
+    shutil.copy(folder / "s3.xml", folder / "tmp")
+    (folder / "tmp").rename(folder / "s3.xml")  # libvirt's way: a new inode renamed over
+    synchronizer.sync(KEY)
+    assert parsed == ["s3.xml"]
+
+
+def test_start_guard_keeps_a_store_file_libvirt_lost(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY)
+    kept = synchronizer.store.path(*KEY).read_bytes()
+    for file in folder.iterdir():
+        file.unlink()
+    fresh = sync.Synchronizer(synchronizer.settings, synchronizer.store, Clock())
+    assert fresh.sync(KEY, at_start=True) is sync.Outcome.GUARDED
+    folder.rmdir()
+    assert fresh.sync(KEY, at_start=True) is sync.Outcome.GUARDED
+    assert synchronizer.store.path(*KEY).read_bytes() == kept
+    assert "guarded" in fresh.status() and "vm1" in fresh.status()
+    samples.write_folder(folder, [("new", None)], current="new")  # libvirt starts afresh
+    assert fresh.sync(KEY) is sync.Outcome.COMMITTED
+    assert [p.read_bytes() for p in (synchronizer.store.root / "attic").iterdir()] == [kept]
+
+
+def test_folder_removed_while_running_moves_the_file_to_the_attic(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    shutil.rmtree(folder)
+    assert synchronizer.sync(KEY) is sync.Outcome.ATTIC
+    assert synchronizer.store.read_bytes(*KEY) is None
+    assert len(list((synchronizer.store.root / "attic").iterdir())) == 1
+    assert synchronizer.sync(KEY) is sync.Outcome.ABSENT
+
+
+def test_emptied_while_running_is_committed_empty(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    (folder / "a.xml").unlink()
+    assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED
+    assert len(synchronizer.store.read_tree(*KEY)) == 0
+
+
+def test_missing_libvirt_root_never_sends_files_to_the_attic(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    shutil.rmtree(folder.parent)
+    assert synchronizer.sync(KEY) is sync.Outcome.GUARDED
+    assert synchronizer.store.read_bytes(*KEY) is not None
