@@ -29,6 +29,7 @@ class LegacyFolder:
     failures: list[errors.FormatError] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)  # harmless oddities
     libvirt_temps: list[str] = dataclasses.field(default_factory=list)  # <name>.xml.new: a write in flight
+    identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
 
     def tree(self) -> model.Tree:
         actives = [e.moment.name for e in self.entries.values() if e.active]
@@ -72,6 +73,8 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
     with fsio.opened_dir(path, missing_ok=True) as dir_fd:
         if dir_fd is None:
             raise errors.UnknownDomain(domain=domain, reason=f"no folder {path}")
+        info = os.fstat(dir_fd)
+        folder.identity = (info.st_dev, info.st_ino)
         names = sorted(os.listdir(dir_fd))
         for name in names:
             _read_entry(folder, dir_fd, name, limit, cache)

@@ -103,6 +103,10 @@ class Tree:
             stack.extend(reversed(children.get(moment.name, [])))
         return order
 
+    def uuid(self) -> str | None:
+        """The domain uuid embedded in the moments (the first found)."""
+        return next((uuid for moment in self.moments for uuid in moment.uuids()), None)
+
     def validate(self, expected_uuid: str | None = None) -> list[Problem]:
         return [
             *self._name_problems(),

@@ -93,22 +93,23 @@ class Service:
 
     def _sync_due(self) -> None:
         for key in self.debouncer.pop_due(self.clock()):
-            if self._sync_one(key) is sync.Outcome.UNSETTLED:
-                self.debouncer.retry(key, self.clock() + self.settings.quiet_period)
+            self._sync_one(key)
 
-    def _sync_one(self, key: sync.Key, at_start: bool = False) -> sync.Outcome | None:
-        try:
-            return self.sync.sync(key, at_start)
-        except errors.SnapstoreError as e:  # logged, retried at the next event or reconcile
-            log.error("%s %s: %s", key[0].name, key[1], e, extra=logs.fields(logs.FAILED, key[1]))
-            log.debug("details", exc_info=True)
-            return None
+    def _sync_one(self, key: sync.Key, at_start: bool = False) -> None:
+        """Sync a domain; an unsettled or failed one is retried through the debouncer."""
+        delay = self.sync.retry_after(key, self.sync.sync(key, at_start))
+        if delay is not None:
+            self.debouncer.retry(key, self.clock() + delay)
 
     def reconcile(self, at_start: bool = False) -> None:
-        """Every domain, now; unsettled ones are retried through the debouncer."""
-        for key in self.sync.all_keys():
-            if self._sync_one(key, at_start) is sync.Outcome.UNSETTLED:
-                self.debouncer.retry(key, self.clock() + self.settings.quiet_period)
+        """Every domain, now."""
+        try:
+            keys = self.sync.all_keys()
+        except (OSError, errors.SnapstoreError) as e:
+            log.error("cannot list domains: %s", e, extra=logs.fields(logs.FAILED))
+            return
+        for key in keys:
+            self._sync_one(key, at_start)
 
     def _check_watcher(self) -> None:
         if not self.watcher.alive():

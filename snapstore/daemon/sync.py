@@ -26,15 +26,22 @@ class Outcome(enum.Enum):
     DEGRADED = "degraded"     # inconsistent past the settle timeout: last good file kept
     GUARDED = "guarded"       # the store holds moments libvirt lost: not overwritten
     ATTIC = "attic"           # the domain folder is gone: its file moved to attic/
-    ABSENT = "absent"         # neither folder nor file
+    ABSENT = "absent"         # neither folder nor file, or not a domain folder at all
+    FAILED = "failed"         # reading or committing failed (lock, disk): retried with backoff
+
+
+_MAX_BACKOFF = 30.0
 
 
 @dataclasses.dataclass
 class DomainState:
     cache: legacydir.Cache = dataclasses.field(default_factory=dict)
+    folder: tuple[int, int] | None = None  # identity of the folder last committed from
+    uuid: str | None = None  # domain uuid of the tree last committed
     unsettled_since: float | None = None
     degraded: list[str] | None = None
     guarded: bool = False
+    failures: int = 0
     count: int = 0
 
 
@@ -60,9 +67,33 @@ class Synchronizer:
                 keys.update((kind, domain) for domain in legacydir.domains(self.root(kind)))
         return sorted(keys, key=lambda key: (key[0].name, key[1]))
 
+    def retry_after(self, key: Key, outcome: Outcome | None) -> float | None:
+        """Seconds until ``key`` is synced again, or None to wait for an event."""
+        if outcome is Outcome.UNSETTLED:
+            return self.settings.quiet_period
+        if outcome is Outcome.FAILED:
+            failures = self.domains[key].failures
+            return min(_MAX_BACKOFF, max(self.settings.quiet_period, 0.1) * 2 ** min(failures, 10))
+        return None
+
     def sync(self, key: Key, at_start: bool = False) -> Outcome:
         kind, domain = key
+        path = self.root(kind) / domain
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            self.domains.pop(key, None)  # a foreign file in libvirt's root, not a domain
+            return Outcome.ABSENT
         state = self.domains.setdefault(key, DomainState())
+        try:
+            outcome = self._sync(key, state, at_start)
+        except (errors.SnapstoreError, OSError) as e:
+            state.failures += 1
+            log.error("%s %s: %s (retrying)", kind.name, domain, e, extra=logs.fields(logs.FAILED, domain))
+            return Outcome.FAILED
+        state.failures = 0
+        return outcome
+
+    def _sync(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
+        kind, domain = key
         try:
             folder = legacydir.read_folder(self.root(kind), kind, domain, self.settings.max_legacy_bytes, state.cache)
         except errors.UnknownDomain:
@@ -71,15 +102,19 @@ class Synchronizer:
                                         for name in folder.libvirt_temps]
         if problems:
             return self._unsettled(key, state, problems)
-        return self._commit(key, state, folder.tree(), at_start)
+        return self._commit(key, state, folder, at_start)
 
-    def _commit(self, key: Key, state: DomainState, tree: model.Tree, at_start: bool) -> Outcome:
+    def _commit(self, key: Key, state: DomainState, folder: legacydir.LegacyFolder, at_start: bool) -> Outcome:
         kind, domain = key
+        tree = folder.tree()
         if state.guarded or (at_start and not tree.moments):
             outcome = self._guard(key, state, tree)
             if outcome is not None:
                 return outcome
+        elif self._replaces_another(key, state, folder, tree):
+            self._set_aside(key, "its libvirt folder was re-created")
         changed = self.store.replace(tree, allow_empty=True)
+        state.folder, state.uuid = folder.identity, tree.uuid() or state.uuid
         self._settled(key, state)
         state.count = len(tree)
         if changed:
@@ -88,13 +123,30 @@ class Synchronizer:
             return Outcome.COMMITTED
         return Outcome.UNCHANGED
 
+    def _replaces_another(self, key: Key, state: DomainState, folder: legacydir.LegacyFolder,
+                          tree: model.Tree) -> bool:
+        """True when committing would drop moments of an earlier incarnation.
+
+        Undefine and define again within one quiet period looks like an
+        ordinary change; another domain uuid, or the folder's new inode,
+        tells it apart (an inode number can be reused at once, a uuid
+        cannot). The store file is read only then, or on a key's first sync.
+        """
+        recreated = state.folder is not None and state.folder != folder.identity
+        if state.folder is not None and not recreated:
+            return None not in (state.uuid, tree.uuid()) and state.uuid != tree.uuid()
+        old = self.store.read_tree(*key)
+        if old is None or not old.moments:
+            return False
+        other_uuid = None not in (old.uuid(), tree.uuid()) and old.uuid() != tree.uuid()
+        return other_uuid or (recreated and not set(old.by_name) <= set(tree.by_name))
+
     def _guard(self, key: Key, state: DomainState, tree: model.Tree) -> Outcome | None:
         """Keep a store file whose moments libvirt no longer has.
 
         At start an empty folder means lost metadata (a reinstall); once
         libvirt writes new moments, the old file moves to the attic first.
         """
-        kind, domain = key
         held = self._held(key)
         if not held:
             state.guarded = False
@@ -102,11 +154,15 @@ class Synchronizer:
         if not tree.moments:
             self._report_guard(key, state, held, "is empty")
             return Outcome.GUARDED
-        kept = self.store.to_attic(kind, domain)
-        log.warning("%s %s: libvirt has new %s; the %d lost ones are kept in %s", kind.name, domain,
-                    kind.plural, held, kept, extra=logs.fields(logs.ATTIC, domain))
+        self._set_aside(key, f"libvirt has new {key[0].plural}")
         state.guarded = False
         return None
+
+    def _set_aside(self, key: Key, why: str) -> None:
+        kind, domain = key
+        kept = self.store.to_attic(kind, domain)
+        log.warning("%s %s: %s; the previous file is kept in %s", kind.name, domain, why, kept,
+                    extra=logs.fields(logs.ATTIC, domain))
 
     def _folder_gone(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
         kind, domain = key
@@ -166,10 +222,10 @@ class Synchronizer:
         domains = len({domain for _, domain in self.domains})
         text = (f"{domains} domains, {counts[kinds.SNAPSHOT]} snapshots, "
                 f"{counts[kinds.CHECKPOINT]} checkpoints")
-        degraded = sorted(d for (_, d), s in self.domains.items() if s.degraded is not None)
-        guarded = sorted(d for (_, d), s in self.domains.items() if s.guarded)
-        if degraded:
-            text += f"; degraded: {', '.join(degraded)}"
-        if guarded:
-            text += f"; guarded (store kept, libvirt folder missing or empty): {', '.join(guarded)}"
+        for label, test in (("degraded", lambda s: s.degraded is not None),
+                            ("failing", lambda s: s.failures > 0),
+                            ("guarded (store kept, libvirt folder missing or empty)", lambda s: s.guarded)):
+            names = sorted(d for (_, d), state in self.domains.items() if test(state))
+            if names:
+                text += f"; {label}: {', '.join(names)}"
         return errors.one_line(text)

@@ -129,3 +129,45 @@ def test_missing_libvirt_root_never_sends_files_to_the_attic(env) -> None:
     shutil.rmtree(folder.parent)
     assert synchronizer.sync(KEY) is sync.Outcome.GUARDED
     assert synchronizer.store.read_bytes(*KEY) is not None
+
+
+def test_foreign_file_in_the_root_is_not_a_domain(env) -> None:
+    synchronizer, folder, _ = env
+    (folder.parent / "stray.txt").write_text("x")
+    assert synchronizer.sync((kinds.SNAPSHOT, "stray.txt")) is sync.Outcome.ABSENT
+    assert synchronizer.domains == {}
+
+
+def test_a_failed_commit_is_retried_with_backoff_and_shown(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    blocker = synchronizer.store.root / "snapshots" / "vm1.xml"
+    blocker.mkdir()  # even root cannot rename a file over a folder
+    delays = []
+    for _ in range(3):
+        outcome = synchronizer.sync(KEY)
+        delays.append(synchronizer.retry_after(KEY, outcome))
+    assert outcome is sync.Outcome.FAILED and delays == sorted(delays) and delays[0] < delays[-1]
+    assert "failing: vm1" in synchronizer.status()
+    blocker.rmdir()
+    assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED and "failing" not in synchronizer.status()
+
+
+@pytest.mark.parametrize("same_uuid", [False, True])
+def test_a_recreated_folder_sets_the_old_file_aside(env, same_uuid: bool) -> None:
+    """Undefine + define within one quiet period: another uuid, or (same
+    uuid) a new folder inode, sets the old file aside before the commit."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None), ("b", "a")], current="b")
+    synchronizer.sync(KEY, at_start=True)
+    old = synchronizer.store.path(*KEY).read_bytes()
+    if same_uuid:
+        folder.rename(folder.with_name("gone"))  # keeps the old inode busy, as a new one is made
+        samples.write_folder(folder, [("z", None)], current="z")
+    else:
+        shutil.rmtree(folder)  # ext4 may hand the same inode number to the new folder
+        folder.mkdir()
+        (folder / "z.xml").write_bytes(samples.snapshot_xml("z", active=True, uuid="0" * 32))
+    assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED
+    assert [p.read_bytes() for p in (synchronizer.store.root / "attic").iterdir()] == [old]
+    assert sorted(synchronizer.store.read_tree(*KEY).by_name) == ["z"]
