@@ -52,7 +52,7 @@ def set_up(verbosity: int) -> logging.Handler:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)  # its overflow warnings become rescans
     return handler
 
 

@@ -82,13 +82,13 @@ class Service:
         for item in items:
             if item[0] == "domain":
                 self.debouncer.touch((item[1], item[2]), now)
-            elif item[0] == "rescan":
-                log.warning("events may have been lost; full rescan", extra=logs.fields(logs.RESCAN))
-                self.reconcile()
             elif item[0] == "reload":
                 self._reload()
             elif item[0] == "stop":
                 return False
+        if ("rescan",) in items:  # once per batch, however many overflows were queued
+            log.warning("events may have been lost; full rescan", extra=logs.fields(logs.RESCAN))
+            self.reconcile()
         return True
 
     def _sync_due(self) -> None:

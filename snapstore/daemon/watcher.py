@@ -30,7 +30,7 @@ class Watcher:
         """Watch every root that exists now; call again to pick up new roots."""
         if self._observer is None:
             self._observer = observers.Observer()
-            logging.getLogger("watchdog").addFilter(self._overflow)
+            logging.getLogger("watchdog").addHandler(self._overflow)
             self._observer.start()
         for kind, root in self.roots.items():
             if kind not in self.watched and root.is_dir():
@@ -45,7 +45,7 @@ class Watcher:
 
     def stop(self) -> None:
         if self._observer is not None:
-            logging.getLogger("watchdog").removeFilter(self._overflow)
+            logging.getLogger("watchdog").removeHandler(self._overflow)
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
@@ -75,14 +75,14 @@ class _Handler(events.FileSystemEventHandler):
         return parts[0] if len(parts) <= 2 else None
 
 
-class _OverflowSignal(logging.Filter):
-    """watchdog logs, but does not report, lost events: turn that into a rescan."""
+class _OverflowSignal(logging.Handler):
+    """watchdog logs lost events (from its child loggers) but does not report
+    them: a handler on its logger turns that record into a rescan."""
 
     def __init__(self, sink: queue.SimpleQueue) -> None:
-        super().__init__()
+        super().__init__(level=logging.WARNING)
         self.sink = sink
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
             self.sink.put(("rescan",))
-        return True

@@ -450,7 +450,7 @@ def test_dry_run_before_the_state_folder_exists(env: Env, capsys: pytest.Capture
     fresh = env.tmp / "fresh-state"
     result = run(capsys, env.argv("consolidate", "--dry-run", "vm1", state=fresh))
     assert result.code == 0 and "would write" in result.out, (
-        "BUG: 'consolidate --dry-run' on a state folder that does not exist yet fails with "
+        "regression: 'consolidate --dry-run' on a state folder that does not exist yet fails with "
         f"exit {result.code}: {result.err.strip()!r}; Store.replace(dry_run=True) still takes the "
         "lock, whose file under <state>/locks/ only Store.prepare() creates, and run() skips "
         "prepare() for a dry run")
@@ -581,7 +581,7 @@ def test_file_name_with_newline_stays_one_line(env: Env, capsys: pytest.CaptureF
     result = run(capsys, env.argv("consolidate", "vm1"))
     assert result.code == 1
     assert len(result.lines) == 1, (
-        "BUG: one problem (an unparsable file whose name holds a newline) printed as "
+        "regression: one problem (an unparsable file whose name holds a newline) printed as "
         f"{len(result.lines)} stderr lines, the second forged: {result.lines!r}; "
         "FormatError paths are printed raw (cli/common.report), not escaped like names")
     env.assert_store_unchanged()

@@ -543,7 +543,7 @@ def test_undefine_then_define_again_within_the_quiet_period_keeps_old_file(
     assert assert_follows(lab, state, "vm1", daemon, "undefine, define, snapshot").names == ["z"]
     kept = [path.read_bytes() for path in (state / "attic").iterdir()]
     assert kept == [before], (
-        "BUG: the undefined domain's store file (snapshots a, b of the old uuid) was overwritten by the "
+        "regression: the undefined domain's store file (snapshots a, b of the old uuid) was overwritten by the "
         "new domain's tree instead of moving to attic/: the removal and re-creation of the folder fell "
         f"in one quiet period, and Synchronizer.sync only sees a folder with other snapshots; attic: {kept}")
 
@@ -563,7 +563,7 @@ def test_failed_commit_is_retried(lab: Lab, state: Path, start: Start) -> None:
         os.close(lock)  # releases the flock
     view = lab.view("vm1")
     wait_for(lambda: store_summary(state, "vm1") == view_summary(view), 3.0,
-             lambda: ("BUG: after a failed commit (LockTimeout) the daemon never retries: Service._sync_due "
+             lambda: ("regression: after a failed commit (LockTimeout) the daemon never retries: Service._sync_due "
                       "retries only Outcome.UNSETTLED, and _sync_one returns None on SnapstoreError, so the "
                       f"store stays at {store_summary(state, 'vm1')} (libvirt: {view_summary(view)}) until "
                       f"another event or the periodic reconcile; STATUS={daemon.notify.last_status()!r}"))
@@ -578,8 +578,30 @@ def test_foreign_file_in_the_root_is_ignored(lab: Lab, state: Path, start: Start
     assert_follows(lab, state, "vm1", daemon, "a snapshot after a stray file appeared in the root")
     errors = [line for line in daemon.stderr().splitlines() if "ERROR" in line]
     assert errors == [], (
-        "BUG: a plain file in libvirt's snapshot root is taken for a domain (watcher._Handler._domain_of "
+        "regression: a plain file in libvirt's snapshot root is taken for a domain (watcher._Handler._domain_of "
         "returns the first path part whatever it is), the sync fails with 'Not a directory' and is logged "
         f"as an ERROR: {errors}")
     status = daemon.wait_status(lambda s: "snapshots" in s, 1.0, "a status")
-    assert status.startswith("1 domains"), f"BUG: the stray file is counted as a domain in STATUS={status!r}"
+    assert status.startswith("1 domains"), f"regression: the stray file is counted as a domain in STATUS={status!r}"
+
+
+def test_inotify_overflow_triggers_a_full_rescan(lab: Lab, state: Path, start: Start) -> None:
+    """A real kernel queue overflow: the daemon's inotify instance is made
+    with max_queued_events=1 (the limit is read at inotify_init)."""
+    lab.run([{"op": "define", "domain": "vm1"}, snap("vm1", "a")])
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    saved = limit.read_text()
+    limit.write_text("1\n")
+    try:
+        daemon = start()
+        daemon.wait_ready()
+    finally:
+        limit.write_text(saved)
+    noise = lab.snapshot_dir / "vm1"
+    for i in range(200):  # foreign files: events the daemon would ignore, enough to overflow
+        (noise / f"noise{i}.txt").write_text("x")
+    lab.snapshot("vm1", "b")
+    wait_for(lambda: "full rescan" in daemon.stderr(), 10.0, daemon.describe)
+    for i in range(200):
+        (noise / f"noise{i}.txt").unlink()
+    assert_follows(lab, state, "vm1", daemon, "a snapshot while events overflowed")

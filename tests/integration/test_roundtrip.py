@@ -443,7 +443,7 @@ def test_dry_run_on_fresh_state_dir(scenarios: Callable[[str], Scenario],
     state = tmp_path / "state"  # does not exist yet, as on a new host
     result = snapstore(scenarios("chain").lab.snapshot_dir, state, "consolidate", DOMAIN, "--dry-run")
     assert result.rc == 0, (
-        "BUG: consolidate --dry-run fails when the state folder (its locks/) does not exist yet: "
+        "regression: consolidate --dry-run fails when the state folder (its locks/) does not exist yet: "
         f"Store.replace() opens locks/<kind>.<domain>.lock although run() skipped prepare(): {result.err!r}")
     assert "would write" in result.out
     assert not state.exists(), "--dry-run created the state folder"
@@ -539,7 +539,7 @@ def test_mixed_content_whitespace_survives(lab: Lab, snapstore: Callable[..., Re
     assert snapstore(lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(other)).rc == 0
     expanded = _element((other / DOMAIN / "s1.xml").read_bytes()).find("domain/metadata")[0]
     assert (_strict(stored), _strict(expanded)) == (_strict(libvirt_x), _strict(libvirt_x)), (
-        "BUG: the space between <app:y/> and <app:z/> (mixed content, i.e. text) is rewritten as "
+        "regression: the space between <app:y/> and <app:z/> (mixed content, i.e. text) is rewritten as "
         "indentation: xmlsafe.serialize() runs etree.indent(), which replaces whitespace-only text and "
         "tails even inside elements with text content, and xmlsafe.canonical() ignores exactly that "
         "whitespace, so the C14N checks cannot see the change")
