@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from snapstore import codes
+
 
 class SnapstoreError(Exception):
     """Base class: ``template`` is formatted with the keyword fields."""
@@ -53,10 +55,15 @@ class UnknownDomain(SnapstoreError):
 
 
 class FormatError(SnapstoreError):
-    """A file or document that cannot be read as what it claims to be."""
+    """A file or document that cannot be read as what it claims to be;
+    ``code`` is the check finding it amounts to (snapstore.codes)."""
 
     template = "{path}: {reason}"
     exit_code = 1
+
+    def __init__(self, path: Any, reason: str, code: str = codes.UNPARSABLE) -> None:
+        super().__init__(path=path, reason=reason)
+        self.code = code
 
 
 class TreeError(SnapstoreError):

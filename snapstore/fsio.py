@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from snapstore import errors, hostenv
+from snapstore import codes, errors, hostenv
 
 TEMP_PREFIX = ".snapstore-tmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -68,21 +68,23 @@ def read_regular(dir_fd: int, name: str, limit: int, display: Path) -> bytes:
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as e:
-        detail = "is a symlink, not followed" if e.errno == errno.ELOOP else f"cannot be opened: {reason(e)}"
-        raise errors.FormatError(path=display, reason=detail) from e
+        if e.errno == errno.ELOOP:
+            raise errors.FormatError(display, "is a symlink, not followed", codes.SYMLINK) from e
+        raise errors.FormatError(display, f"cannot be opened: {reason(e)}", codes.UNREADABLE) from e
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise errors.FormatError(path=display, reason=f"is a {_type_name(info.st_mode)}, not a regular file")
+            raise errors.FormatError(display, f"is a {_type_name(info.st_mode)}, not a regular file", codes.NOT_REGULAR)
         if info.st_size > limit:
-            raise errors.FormatError(path=display, reason=f"is {info.st_size} bytes, over the {limit}-byte limit")
+            raise errors.FormatError(display, f"is {info.st_size} bytes, over the {limit}-byte limit",
+                                     codes.OVER_LIBVIRT_LIMIT)
         data = _read_up_to(fd, limit + 1)
     except OSError as e:
-        raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}") from e
+        raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise errors.FormatError(path=display, reason=f"grew over the {limit}-byte limit while being read")
+        raise errors.FormatError(display, f"grew over the {limit}-byte limit while being read", codes.OVER_LIBVIRT_LIMIT)
     return data
 
 

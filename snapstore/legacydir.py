@@ -12,10 +12,22 @@ import os
 import stat
 from pathlib import Path
 
-from snapstore import errors, fsio, kinds, model, naming
+from snapstore import codes, errors, fsio, kinds, model, naming
 from snapstore.formats import legacy, xmlsafe
 
 LIBVIRT_TEMP_SUFFIX = ".new"  # virFileRewrite's temp: <name>.xml.new
+
+
+@dataclasses.dataclass(frozen=True)
+class Remark:
+    """Something odd but harmless to consolidation, with its check code."""
+
+    code: str
+    path: Path
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.text}"
 
 
 @dataclasses.dataclass
@@ -27,7 +39,7 @@ class LegacyFolder:
     path: Path
     entries: dict[str, legacy.LegacyMoment] = dataclasses.field(default_factory=dict)  # by file name
     failures: list[errors.FormatError] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)  # harmless oddities
+    notes: list[Remark] = dataclasses.field(default_factory=list)
     libvirt_temps: list[str] = dataclasses.field(default_factory=list)  # <name>.xml.new: a write in flight
     identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
 
@@ -42,7 +54,7 @@ class LegacyFolder:
         found += [str(problem) for problem in self.tree().validate()]
         actives = sorted(e.moment.name for e in self.entries.values() if e.active)
         if len(actives) > 1:
-            found.append(str(model.Problem(model.ACTIVE_MARKERS, None,
+            found.append(str(model.Problem(codes.SEVERAL_CURRENT, None,
                                            f"{len(actives)} {self.kind.plural} are marked current: {', '.join(map(repr, actives))}")))
         return found
 
@@ -87,14 +99,15 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
 def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
     display = folder.path / name
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
-        folder.notes.append(f"{display}: libvirt temp left by an interrupted write, ignored")
+        folder.notes.append(Remark(codes.LIBVIRT_TEMP, display, "libvirt temp left by an interrupted write, ignored"))
         folder.libvirt_temps.append(name)
         return
     if not name.endswith(".xml"):
-        folder.notes.append(f"{display}: not a .xml file, ignored (libvirtd still parses it at start)")
+        folder.notes.append(Remark(codes.FOREIGN_FILE, display, "not a .xml file, ignored (libvirtd still parses it at start)"))
         return
     if name.startswith("."):
-        folder.failures.append(errors.FormatError(path=display, reason="file name starts with '.'; qemu cannot hold such a name"))
+        folder.failures.append(errors.FormatError(display, "file name starts with '.'; qemu cannot hold such a name",
+                                                  codes.UNSTORABLE_NAME))
         return
     try:
         entry = _parsed(dir_fd, name, display, folder.kind, limit, cache)
@@ -102,7 +115,8 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
         folder.failures.append(e)
         return
     if naming.legacy_file_name(entry.moment.name) != name:
-        folder.notes.append(f"{display}: holds {folder.kind.name} {entry.moment.name!r}; its name wins, as in libvirt")
+        folder.notes.append(Remark(codes.FILE_NAME_MISMATCH, display,
+                                   f"holds {folder.kind.name} {entry.moment.name!r}; its name wins, as in libvirt"))
     folder.entries[name] = entry
 
 

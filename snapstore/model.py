@@ -11,16 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from lxml import etree
 
-from snapstore import kinds
-
-# Stable codes, shared with `snapstore check` (SS2xx: tree rules).
-EMPTY_NAME = "SS201"
-DUPLICATE = "SS202"
-MISSING_PARENT = "SS203"
-CYCLE = "SS204"
-CURRENT_MISSING = "SS205"
-UUID_MISMATCH = "SS206"
-ACTIVE_MARKERS = "SS207"
+from snapstore import codes, kinds
 
 
 @dataclasses.dataclass
@@ -120,16 +111,16 @@ class Tree:
         seen: set[str] = set()
         for moment in self.moments:
             if not moment.name:
-                yield Problem(EMPTY_NAME, None, f"{self.kind.name} in {moment.source or '?'} has no name")
+                yield Problem(codes.EMPTY_NAME, None, f"{self.kind.name} in {moment.source or '?'} has no name")
             elif moment.name in seen:
-                yield Problem(DUPLICATE, moment.name,
+                yield Problem(codes.DUPLICATE, moment.name,
                               f"{self.kind.name} {moment.name!r} is defined more than once")
             seen.add(moment.name)
 
     def _parent_problems(self) -> Iterator[Problem]:
         for moment in self.moments:
             if moment.parent is not None and moment.parent not in self.by_name:
-                yield Problem(MISSING_PARENT, moment.name,
+                yield Problem(codes.MISSING_PARENT, moment.name,
                               f"{self.kind.name} {moment.name!r}: parent {moment.parent!r} does not exist")
 
     def _cycle_problems(self) -> Iterator[Problem]:
@@ -138,12 +129,12 @@ class Tree:
         reached = {m.name for m in self.topological()}
         for moment in self.moments:
             if moment.name not in reached:
-                yield Problem(CYCLE, moment.name,
+                yield Problem(codes.CYCLE, moment.name,
                               f"{self.kind.name} {moment.name!r} is its own ancestor (parent cycle)")
 
     def _current_problems(self) -> Iterator[Problem]:
         if self.current is not None and self.current not in self.by_name:
-            yield Problem(CURRENT_MISSING, self.current,
+            yield Problem(codes.CURRENT_MISSING, self.current,
                           f"current {self.kind.name} {self.current!r} does not exist")
 
     def _uuid_problems(self, expected: str | None) -> Iterator[Problem]:
@@ -151,7 +142,7 @@ class Tree:
             for uuid in moment.uuids():
                 expected = expected or uuid
                 if uuid != expected:
-                    yield Problem(UUID_MISMATCH, moment.name,
+                    yield Problem(codes.UUID_MISMATCH, moment.name,
                                   f"{self.kind.name} {moment.name!r}: domain uuid {uuid} differs from {expected}")
 
     def _computed_current(self) -> str | None:

@@ -82,7 +82,7 @@ class Store:
         source = str(self.path(kind, domain))
         tree = consolidated.parse_consolidated(data, kind, source, self.read_limit)
         if tree.domain != domain:
-            raise errors.FormatError(path=source, reason=f"holds domain {tree.domain!r}, expected {domain!r}")
+            raise errors.FormatError(source, f"holds domain {tree.domain!r}, expected {domain!r}")
         _raise_problems(tree)
         return tree
 

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from snapstore import __version__, errors
-from snapstore.cli import common, consolidate, daemon, expand, listing
+from snapstore.cli import check, common, consolidate, daemon, expand, listing
 
-_COMMANDS = (consolidate, expand, listing, daemon)
+_COMMANDS = (consolidate, expand, listing, check, daemon)
 log = logging.getLogger("snapstore")
 
 

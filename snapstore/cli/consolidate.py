@@ -54,7 +54,7 @@ def _consolidate(domain: str, kind: kinds.Kind, root: Path, store: store_.Store,
                  args: argparse.Namespace, context: common.Context) -> dict[str, Any]:
     folder = legacydir.read_folder(root, kind, domain, context.config.max_legacy_bytes)
     for note in folder.notes:
-        context.warn(note)
+        context.warn(str(note))
     problems = folder.problems()
     if problems:
         raise errors.TreeError(domain, problems)

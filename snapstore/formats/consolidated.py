@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from snapstore import errors, kinds, model
+from snapstore import codes, errors, kinds, model
 from snapstore.formats import xmlsafe
 
 FORMAT_VERSION = "1"
@@ -22,13 +22,13 @@ def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
                        limit: int = DEFAULT_LIMIT) -> model.Tree:
     root = xmlsafe.parse_bytes(data, source, limit)
     if root.tag != kind.plural:
-        raise errors.FormatError(path=source, reason=f"root element is <{root.tag}>, expected <{kind.plural}>")
+        raise errors.FormatError(source, f"root element is <{root.tag}>, expected <{kind.plural}>", codes.WRONG_ROOT)
     version = root.get("format")
     if version != FORMAT_VERSION:
-        raise errors.FormatError(path=source, reason=f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
+        raise errors.FormatError(source, f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
     domain = root.get("domain")
     if not domain:
-        raise errors.FormatError(path=source, reason="root element has no domain attribute")
+        raise errors.FormatError(source, "root element has no domain attribute")
     moments = [_moment(child, kind, source) for child in root if isinstance(child.tag, str)]
     return model.Tree(kind, domain, moments, root.get("current"))
 
@@ -49,7 +49,8 @@ def format_consolidated(tree: model.Tree) -> bytes:
 
 def _moment(child: etree._Element, kind: kinds.Kind, source: str) -> model.Moment:
     if child.tag != kind.root_tag:
-        raise errors.FormatError(path=source, reason=f"holds <{child.tag}>, expected only <{kind.root_tag}> children")
+        raise errors.FormatError(source, f"holds <{child.tag}>, expected only <{kind.root_tag}> children", codes.WRONG_ROOT)
     if child.find("active") is not None and kind.stores_current:
-        raise errors.FormatError(path=source, reason=f"{kind.name} {child.findtext('name')!r} holds an <active> marker; the current one is named by the root's current attribute")
+        raise errors.FormatError(source, f"{kind.name} {child.findtext('name')!r} holds an <active> marker; "
+                                         "the current one is named by the root's current attribute", codes.BAD_INTERNAL_ELEMENT)
     return model.Moment.from_element(child, source)

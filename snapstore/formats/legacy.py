@@ -10,7 +10,7 @@ import dataclasses
 
 from lxml import etree
 
-from snapstore import errors, kinds, model
+from snapstore import codes, errors, kinds, model
 from snapstore.formats import xmlsafe
 
 # Default cap: libvirt refuses to read a metadata file over 1 MiB
@@ -37,11 +37,11 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
                  limit: int = LIBVIRT_FILE_LIMIT) -> LegacyMoment:
     root = xmlsafe.parse_bytes(data, source, limit)
     if root.tag != kind.root_tag:
-        raise errors.FormatError(path=source, reason=f"root element is <{root.tag}>, expected <{kind.root_tag}>")
+        raise errors.FormatError(source, f"root element is <{root.tag}>, expected <{kind.root_tag}>", codes.WRONG_ROOT)
     active = _pop_active(root, source) if kind.stores_current else False
     moment = model.Moment.from_element(root, source)
     if not moment.name:
-        raise errors.FormatError(path=source, reason=f"<{kind.root_tag}> has no <name>")
+        raise errors.FormatError(source, f"<{kind.root_tag}> has no <name>", codes.BAD_INTERNAL_ELEMENT)
     return LegacyMoment(moment, active)
 
 
@@ -65,11 +65,12 @@ def _pop_active(root: etree._Element, source: str) -> bool:
     # (virDomainSnapshotDefParseNode with VIR_DOMAIN_SNAPSHOT_PARSE_INTERNAL).
     markers = root.findall("active")
     if len(markers) != 1:
-        raise errors.FormatError(path=source, reason=f"has {len(markers)} <active> elements, libvirt needs exactly one")
+        raise errors.FormatError(source, f"has {len(markers)} <active> elements, libvirt needs exactly one",
+                                 codes.BAD_INTERNAL_ELEMENT)
     marker = markers[0]
     text = (marker.text or "").strip()
     if text not in ("0", "1"):
-        raise errors.FormatError(path=source, reason=f"<active> holds {text!r}, expected 0 or 1")
+        raise errors.FormatError(source, f"<active> holds {text!r}, expected 0 or 1", codes.BAD_INTERNAL_ELEMENT)
     _remove_keeping_tail(marker)
     return text == "1"
 

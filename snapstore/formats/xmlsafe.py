@@ -11,7 +11,7 @@ import threading
 
 from lxml import etree
 
-from snapstore import errors
+from snapstore import codes, errors
 
 _local = threading.local()
 
@@ -31,16 +31,17 @@ def _parser() -> etree.XMLParser:
 def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
     """Parse one document and return its root element, or raise FormatError."""
     if len(data) > limit:
-        raise errors.FormatError(path=source, reason=f"larger than the {limit}-byte limit ({len(data)} bytes)")
+        raise errors.FormatError(source, f"larger than the {limit}-byte limit ({len(data)} bytes)",
+                                 codes.OVER_LIBVIRT_LIMIT)
     try:
         document = etree.fromstring(data, _parser()).getroottree()
     except etree.XMLSyntaxError as e:
-        raise errors.FormatError(path=source, reason=f"not well-formed XML: {_first_line(e)}") from e
+        raise errors.FormatError(source, f"not well-formed XML: {_first_line(e)}") from e
     if document.docinfo.doctype or document.docinfo.internalDTD is not None:
-        raise errors.FormatError(path=source, reason="has a DOCTYPE (entities and DTDs are refused)")
+        raise errors.FormatError(source, "has a DOCTYPE (entities and DTDs are refused)")
     root = document.getroot()
     if any(isinstance(node, etree._Entity) for node in root.iter()):
-        raise errors.FormatError(path=source, reason="holds an entity reference (refused)")
+        raise errors.FormatError(source, "holds an entity reference (refused)")
     return root
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from snapstore import cli, kinds, model
+from snapstore import codes, cli, kinds, model
 from snapstore.formats import consolidated, legacy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -182,28 +182,28 @@ def _unparsable(env: Env) -> list[tuple[str, ...]]:
 
 def _two_active(env: Env) -> list[tuple[str, ...]]:
     (env.folder / "s1.xml").write_bytes(samples.snapshot_xml("s1", None, active=True, created=1700000000))
-    return [("2 snapshots are marked current", "'s1'", "'s3'", model.ACTIVE_MARKERS)]
+    return [("2 snapshots are marked current", "'s1'", "'s3'", codes.SEVERAL_CURRENT)]
 
 
 def _missing_parent(env: Env) -> list[tuple[str, ...]]:
     (env.folder / "s4.xml").write_bytes(samples.snapshot_xml("s4", "ghost"))
-    return [("'s4'", "parent 'ghost' does not exist", model.MISSING_PARENT)]
+    return [("'s4'", "parent 'ghost' does not exist", codes.MISSING_PARENT)]
 
 
 def _cycle(env: Env) -> list[tuple[str, ...]]:
     (env.folder / "c1.xml").write_bytes(samples.snapshot_xml("c1", "c2"))
     (env.folder / "c2.xml").write_bytes(samples.snapshot_xml("c2", "c1"))
-    return [("'c1'", "cycle", model.CYCLE), ("'c2'", "cycle", model.CYCLE)]
+    return [("'c1'", "cycle", codes.CYCLE), ("'c2'", "cycle", codes.CYCLE)]
 
 
 def _self_cycle(env: Env) -> list[tuple[str, ...]]:
     (env.folder / "c1.xml").write_bytes(samples.snapshot_xml("c1", "c1"))
-    return [("'c1'", "cycle", model.CYCLE)]
+    return [("'c1'", "cycle", codes.CYCLE)]
 
 
 def _duplicate(env: Env) -> list[tuple[str, ...]]:
     (env.folder / "copy-of-s2.xml").write_bytes(samples.snapshot_xml("s2", "s1"))
-    return [("'s2'", "defined more than once", model.DUPLICATE)]
+    return [("'s2'", "defined more than once", codes.DUPLICATE)]
 
 
 def _wrong_root(env: Env) -> list[tuple[str, ...]]:
@@ -268,7 +268,7 @@ def _several(env: Env) -> list[tuple[str, ...]]:
 
 def _missing_parent_s5(env: Env) -> list[tuple[str, ...]]:
     (env.folder / "s5.xml").write_bytes(samples.snapshot_xml("s5", "ghost"))
-    return [("'s5'", "parent 'ghost' does not exist", model.MISSING_PARENT)]
+    return [("'s5'", "parent 'ghost' does not exist", codes.MISSING_PARENT)]
 
 
 DAMAGE: dict[str, Callable[[Env], list[tuple[str, ...]]]] = {

@@ -5,7 +5,7 @@ import random
 
 from lxml import etree
 
-from snapstore import kinds, model
+from snapstore import codes, kinds, model
 
 
 def moment(name: str, parent: str | None = None, created: int | None = 0, uuid: str = "u1") -> model.Moment:
@@ -18,7 +18,7 @@ def names(moments: list[model.Moment]) -> list[str]:
     return [m.name for m in moments]
 
 
-def codes(tree: model.Tree) -> list[str]:
+def problem_codes(tree: model.Tree) -> list[str]:
     return [p.code for p in tree.validate()]
 
 
@@ -56,16 +56,16 @@ def test_valid_tree_has_no_problems() -> None:
 
 def test_each_rule_has_its_code_and_names_the_moment() -> None:
     cases = {
-        model.EMPTY_NAME: ([moment("")], None),
-        model.DUPLICATE: ([moment("a"), moment("a")], None),
-        model.MISSING_PARENT: ([moment("a", "ghost")], None),
-        model.CYCLE: ([moment("r"), moment("a", "b"), moment("b", "a")], None),
-        model.CURRENT_MISSING: ([moment("a")], "nope"),
-        model.UUID_MISMATCH: ([moment("a"), moment("b", "a", uuid="u2")], None),
+        codes.EMPTY_NAME: ([moment("")], None),
+        codes.DUPLICATE: ([moment("a"), moment("a")], None),
+        codes.MISSING_PARENT: ([moment("a", "ghost")], None),
+        codes.CYCLE: ([moment("r"), moment("a", "b"), moment("b", "a")], None),
+        codes.CURRENT_MISSING: ([moment("a")], "nope"),
+        codes.UUID_MISMATCH: ([moment("a"), moment("b", "a", uuid="u2")], None),
     }
     for code, (moments, current) in cases.items():
         tree = model.Tree(kinds.SNAPSHOT, "vm", moments, current)
-        assert codes(tree) == [code] if code != model.CYCLE else codes(tree) == [code, code]
+        assert problem_codes(tree) == [code] if code != codes.CYCLE else problem_codes(tree) == [code, code]
 
 
 def test_problem_messages_name_the_snapshot_and_rule() -> None:
@@ -75,8 +75,8 @@ def test_problem_messages_name_the_snapshot_and_rule() -> None:
 
 def test_expected_uuid_is_enforced() -> None:
     tree = model.Tree(kinds.SNAPSHOT, "vm", [moment("a", uuid="u1")])
-    assert codes(tree) == []
-    assert [p.code for p in tree.validate(expected_uuid="other")] == [model.UUID_MISMATCH]
+    assert problem_codes(tree) == []
+    assert [p.code for p in tree.validate(expected_uuid="other")] == [codes.UUID_MISMATCH]
 
 
 def test_checkpoint_current_is_the_leaf_of_a_linear_chain() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from snapstore import errors, fsio, kinds, model, naming, store
+from snapstore import codes, errors, fsio, kinds, model, naming, store
 from snapstore.formats import legacy
 
 import samples
@@ -62,7 +62,7 @@ def test_mode_is_0600_whatever_the_umask(state: store.Store) -> None:
 def test_invalid_tree_is_refused_before_any_write(state: store.Store) -> None:
     with pytest.raises(errors.TreeError) as info:
         state.replace(tree_of(("a", "ghost")))
-    assert info.value.problems[0].code == model.MISSING_PARENT
+    assert info.value.problems[0].code == codes.MISSING_PARENT
     assert not state.path(SNAP, "vm1").exists()
 
 

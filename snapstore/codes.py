@@ -1,0 +1,95 @@
+"""Stable finding codes, shared by the formats, the tree rules and `check`.
+
+Codes are never reused or renumbered. Groups: SS1xx file and parse, SS2xx
+tree, SS3xx store vs folder, SS4xx leftovers and permissions, SS5xx disk
+images. Each has a severity and a title; hints live with the checks that
+know the domain and path they name.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+ERROR = "error"
+WARNING = "warning"
+
+UNREADABLE = "SS101"
+UNPARSABLE = "SS102"
+WRONG_ROOT = "SS103"
+OVER_LIBVIRT_LIMIT = "SS104"
+OVER_RPC_LIMIT = "SS105"
+FILE_NAME_MISMATCH = "SS106"
+UNSTORABLE_NAME = "SS107"
+SCHEMA_INVALID = "SS108"
+BAD_INTERNAL_ELEMENT = "SS109"
+
+EMPTY_NAME = "SS201"
+DUPLICATE = "SS202"
+MISSING_PARENT = "SS203"
+CYCLE = "SS204"
+CURRENT_MISSING = "SS205"
+UUID_MISMATCH = "SS206"
+SEVERAL_CURRENT = "SS207"
+NO_CURRENT = "SS208"
+UUID_VS_DEFINITION = "SS209"
+
+STORE_MISSING = "SS301"
+FOLDER_MISSING = "SS302"
+ONLY_IN_FOLDER = "SS303"
+ONLY_IN_STORE = "SS304"
+CONTENT_DIFFERS = "SS305"
+CURRENT_DIFFERS = "SS306"
+
+LIBVIRT_TEMP = "SS401"
+SNAPSTORE_TEMP = "SS402"
+SYMLINK = "SS403"
+NOT_REGULAR = "SS404"
+MODE_TOO_WIDE = "SS405"
+FOREIGN_FILE = "SS406"
+
+IMAGE_LACKS_SNAPSHOT = "SS501"
+IMAGE_ORPHAN_SNAPSHOT = "SS502"
+IMAGE_UNREADABLE = "SS503"
+
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    code: str
+    severity: str
+    title: str
+
+
+CODES: dict[str, Code] = {c.code: c for c in [
+    Code(UNREADABLE, ERROR, "file cannot be read"),
+    Code(UNPARSABLE, ERROR, "file is not well-formed XML (libvirt skips it)"),
+    Code(WRONG_ROOT, ERROR, "file has the wrong root element (libvirt skips it)"),
+    Code(OVER_LIBVIRT_LIMIT, ERROR, "file is over libvirt's 1 MiB limit (libvirt skips it)"),
+    Code(OVER_RPC_LIMIT, ERROR, "file is over 4 MiB and cannot cross libvirt's RPC"),
+    Code(FILE_NAME_MISMATCH, WARNING, "file name differs from the <name> it holds"),
+    Code(UNSTORABLE_NAME, ERROR, "name cannot be a libvirt metadata file name"),
+    Code(SCHEMA_INVALID, WARNING, "does not validate against libvirt's RNG schema"),
+    Code(BAD_INTERNAL_ELEMENT, ERROR, "missing or invalid <name>/<active> (libvirt skips it)"),
+    Code(EMPTY_NAME, ERROR, "moment without a name"),
+    Code(DUPLICATE, ERROR, "name defined more than once"),
+    Code(MISSING_PARENT, ERROR, "parent does not exist"),
+    Code(CYCLE, ERROR, "parent cycle"),
+    Code(CURRENT_MISSING, ERROR, "current names a moment that does not exist"),
+    Code(UUID_MISMATCH, ERROR, "embedded domain uuids differ"),
+    Code(SEVERAL_CURRENT, ERROR, "more than one snapshot marked current"),
+    Code(NO_CURRENT, WARNING, "snapshots exist but none is marked current"),
+    Code(UUID_VS_DEFINITION, ERROR, "embedded uuid differs from the domain's definition"),
+    Code(STORE_MISSING, WARNING, "libvirt folder has no consolidated file"),
+    Code(FOLDER_MISSING, ERROR, "consolidated file holds moments libvirt's folder lacks entirely"),
+    Code(ONLY_IN_FOLDER, ERROR, "moment in libvirt's folder, not in the store"),
+    Code(ONLY_IN_STORE, ERROR, "moment in the store, not in libvirt's folder"),
+    Code(CONTENT_DIFFERS, ERROR, "store and folder hold different content (C14N)"),
+    Code(CURRENT_DIFFERS, ERROR, "store and folder name different current moments"),
+    Code(LIBVIRT_TEMP, WARNING, "libvirt temp (*.new) left in a domain folder"),
+    Code(SNAPSTORE_TEMP, WARNING, "temp left by a dead snapstore process"),
+    Code(SYMLINK, ERROR, "symlink (never followed)"),
+    Code(NOT_REGULAR, ERROR, "not a regular file"),
+    Code(MODE_TOO_WIDE, WARNING, "permissions wider than 0600 (files hold secrets)"),
+    Code(FOREIGN_FILE, WARNING, "foreign file in a domain folder (libvirtd parses it at start)"),
+    Code(IMAGE_LACKS_SNAPSHOT, ERROR, "internal snapshot missing from its disk image"),
+    Code(IMAGE_ORPHAN_SNAPSHOT, WARNING, "disk image holds a snapshot without metadata"),
+    Code(IMAGE_UNREADABLE, WARNING, "disk image cannot be inspected"),
+]}
