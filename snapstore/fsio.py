@@ -65,6 +65,12 @@ def is_stale_temp(name: str) -> bool:
 
 def read_regular(dir_fd: int, name: str, limit: int, display: Path) -> bytes:
     """Read one regular file, at most ``limit`` bytes, or raise FormatError."""
+    try:  # a socket cannot even be opened: tell its type first
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError as e:
+        raise errors.FormatError(display, f"cannot be opened: {reason(e)}", codes.UNREADABLE) from e
+    if stat.S_ISSOCK(mode):
+        raise errors.FormatError(display, "is a socket, not a regular file", codes.NOT_REGULAR)
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as e:

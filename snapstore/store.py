@@ -35,8 +35,9 @@ class Store:
     def path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / kind.plural / (naming.escape_domain(domain) + ".xml")
 
-    def prepare(self) -> None:
-        """Create the layout (mode 0700) and sweep temps of dead writers."""
+    def prepare(self, sweep: bool = True) -> None:
+        """Create the layout (mode 0700) and sweep temps of dead writers
+        (`check --repair` sweeps them itself, to report each)."""
         # The root may be a symlink (systemd's DynamicUser= makes
         # /var/lib/snapstore one); nothing inside it may be.
         for folder in (self.root, *(self.root / name for name in _FOLDERS)):
@@ -46,9 +47,10 @@ class Store:
                 raise errors.EnvironmentProblem(path=folder, reason=f"cannot create state folder: {fsio.reason(e)}") from e
             if folder != self.root and folder.is_symlink():
                 raise errors.EnvironmentProblem(path=folder, reason="is a symlink, not followed")
-        for kind in kinds.ALL:
-            fsio.sweep_temps(self.root / kind.plural)
-        fsio.sweep_temps(self.root / "attic")
+        if sweep:
+            for kind in kinds.ALL:
+                fsio.sweep_temps(self.root / kind.plural)
+            fsio.sweep_temps(self.root / "attic")
 
     def domains(self, kind: kinds.Kind) -> list[str]:
         folder = self.root / kind.plural

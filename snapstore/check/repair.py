@@ -36,7 +36,7 @@ class Repairer:
                 self._do(finding, "moved to the attic", self._to_attic)
         for done in scans:
             codes_seen = {f.code for f in found if f.domain == done.domain and f.kind == done.kind.name}
-            if codes_seen & set(_STORE_REBUILD):
+            if codes_seen & set(_STORE_REBUILD) or done.store_unreadable:
                 self._rebuild(done)
 
     def _do(self, finding: findings.Finding, action: str, change) -> None:
@@ -63,7 +63,10 @@ class Repairer:
             fsio.fsync_dir(folder_fd, path)
 
     def _rebuild(self, done: scan.Scan) -> None:
-        if done.folder is None or not done.folder.entries or done.folder.problems() or done.folder.libvirt_temps:
+        # The folder as scanned: if it held junk, the store may hold the good
+        # copies, so it is not rebuilt in the same run (check again, decide).
+        folder = done.folder
+        if folder is None or not folder.entries or folder.problems() or folder.libvirt_temps:
             self.report.note(f"{done.kind.name} {done.domain}: store not rebuilt, libvirt's folder is not "
                              "consistent and non-empty")
             return
@@ -71,7 +74,7 @@ class Repairer:
         if not self.dry_run:
             if self.store.read_bytes(done.kind, done.domain) is not None:
                 self.store.to_attic(done.kind, done.domain)
-            self.store.replace(done.folder.tree())
+            self.store.replace(folder.tree())
         self.report.repairs.append(findings.Repair(codes.STORE_MISSING, str(path),
                                                    "rebuilt from libvirt's folder (old file kept in the attic)",
                                                    not self.dry_run))

@@ -35,6 +35,7 @@ class Scan:
     domain: str
     folder: legacydir.LegacyFolder | None = None
     stored: model.Tree | None = None
+    store_unreadable: bool = False
 
 
 class DomainCheck:
@@ -45,7 +46,8 @@ class DomainCheck:
         self.flag = " --checkpoints" if kind is kinds.CHECKPOINT else ""
 
     def run(self) -> Scan:
-        scan = Scan(self.kind, self.domain, self._folder(), self._stored())
+        scan = Scan(self.kind, self.domain, self._folder())
+        scan.stored, scan.store_unreadable = self._stored()
         self._compare(scan)
         tree = scan.folder.tree() if scan.folder is not None else scan.stored
         if tree is not None and tree.moments:
@@ -92,11 +94,14 @@ class DomainCheck:
             self.add(note.code, note.text, path=note.path, hint=_FILE_HINTS.get(note.code))
         for name in sorted(os.listdir(folder.path)):
             self._mode_finding(folder.path / name)
-        for entry in folder.entries.values():
-            problem = naming.file_name_problem(entry.moment.name)
+        self._name_findings([e.moment for e in folder.entries.values()])
+
+    def _name_findings(self, moments: list[model.Moment], path: str | None = None) -> None:
+        for moment in moments:
+            problem = naming.file_name_problem(moment.name) if moment.name else None  # empty: SS201
             if problem:
-                self.add(codes.UNSTORABLE_NAME, f"{self.kind.name} {entry.moment.name!r}: {problem}",
-                         entry.moment.name, entry.moment.source)
+                self.add(codes.UNSTORABLE_NAME, f"{self.kind.name} {moment.name!r}: {problem}",
+                         moment.name, path or moment.source)
 
     def _mode_finding(self, path: Path) -> None:
         try:
@@ -136,28 +141,30 @@ class DomainCheck:
 
     # --- the store ---------------------------------------------------------------------
 
-    def _stored(self) -> model.Tree | None:
+    def _stored(self) -> tuple[model.Tree | None, bool]:
+        """The store's tree, and whether a store file exists but cannot be read."""
         path = self.store.path(self.kind, self.domain)
         try:
             data = self.store.read_bytes(self.kind, self.domain)
             if data is None:
-                return None
+                return None, False
             tree = consolidated.parse_consolidated(data, self.kind, str(path), self.settings.max_store_bytes)
         except errors.FormatError as e:
             self.add(e.code, e.reason, path=path, hint=f"snapstore consolidate {self.domain}{self.flag}")
-            return None
+            return None, True
         self._mode_finding(path)
         if tree.domain != self.domain:
             self.add(codes.WRONG_ROOT, f"holds domain {tree.domain!r}", path=path)
         self._tree_findings(tree, {m.name: str(path) for m in tree.moments})
-        return tree
+        self._name_findings(tree.moments, str(path))
+        return tree, False
 
     # --- store vs folder ---------------------------------------------------------------
 
     def _compare(self, scan: Scan) -> None:
         in_folder = {e.moment.name: e.moment for e in scan.folder.entries.values()} if scan.folder else {}
         in_store = scan.stored.by_name if scan.stored is not None else {}
-        if in_folder and scan.stored is None:
+        if in_folder and scan.stored is None and not scan.store_unreadable:
             self.add(codes.STORE_MISSING, f"no consolidated file for {len(in_folder)} {self.kind.plural}",
                      path=self.store.path(self.kind, self.domain),
                      hint=f"snapstore consolidate {self.domain}{self.flag}")

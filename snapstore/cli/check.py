@@ -33,7 +33,7 @@ def run_command(args: argparse.Namespace, context: common.Context) -> int:
     options = scan.Options(disks=not args.no_disks, schema_dir=args.schemas, definitions=args.definitions)
     state = context.store()
     if args.repair and not args.dry_run:
-        state.prepare()
+        state.prepare(sweep=False)
     report = run.check(context.config, state, options, args.domains, args.repair, args.dry_run)
     if args.json:
         context.emit_json(report.as_json())

@@ -33,29 +33,10 @@ SCRIPT = REPO / ".venv" / "bin" / "snapstore"
 LIBVIRTD_PIDFILE = Path("/run/libvirt/libvirtd.pid")
 SUBPROCESS_TIMEOUT = 30
 PREFIX = "snapstore: "
-WARNING = "snapstore: warning: "
+from cliresult import WARNING, Result  # noqa: E402
 
 
 # --------------------------------------------------------------------------- harness
-
-@dataclasses.dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.err.splitlines()
-
-    @property
-    def errors(self) -> list[str]:
-        return [line for line in self.lines if not line.startswith(WARNING)]
-
-    @property
-    def warnings(self) -> list[str]:
-        return [line for line in self.lines if line.startswith(WARNING)]
-
 
 @dataclasses.dataclass
 class Env:
