@@ -101,3 +101,7 @@ class WriteError(StoreError):
 
 class BridgeError(SnapstoreError):
     template = "{domain}: libvirt {operation} failed: {reason}"
+
+
+class ConnectionFailed(BridgeError):
+    template = "{uri}: cannot connect to libvirt: {reason}"

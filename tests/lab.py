@@ -56,11 +56,12 @@ class Bulk:
     seconds: float
 
 
-def invoke(root: Path, ops: list[dict[str, Any]]) -> list[Any]:
-    """Run one labworker subprocess on root; return its results or raise LabError."""
+def invoke(root: Path, ops: list[dict[str, Any]], uri: str | None = None) -> list[Any]:
+    """Run one labworker subprocess on root (or on uri, root holding only disk
+    images); return its results or raise LabError."""
     try:
         proc = subprocess.run(
-            [sys.executable, str(WORKER), str(root)],
+            [sys.executable, str(WORKER), str(root), *([uri] if uri else [])],
             input=json.dumps(ops),
             capture_output=True,
             text=True,
@@ -94,10 +95,19 @@ def warm_cache() -> Path:
 
 
 class Lab:
-    def __init__(self, root: Path, *, warm: bool = True) -> None:
+    """One libvirt "host": an embedded root, or with system_uri a running
+    libvirtd (e.g. qemu:///system; root then holds only disk images)."""
+
+    def __init__(self, root: Path, *, warm: bool = True, system_uri: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._needs_cache = warm
+        self.system_uri = system_uri
+        self._needs_cache = warm and system_uri is None
+
+    @property
+    def uri(self) -> str:
+        """What `snapstore --connect` takes to reach this host."""
+        return self.system_uri or f"qemu:///embed?root={self.root}"
 
     @property
     def snapshot_dir(self) -> Path:
@@ -110,7 +120,7 @@ class Lab:
     def run(self, ops: list[dict[str, Any]]) -> list[Any]:
         if self._needs_cache:
             self._seed_cache()
-        return invoke(self.root, ops)
+        return invoke(self.root, ops, self.system_uri)
 
     def _seed_cache(self) -> None:
         target = self.root / "cache" / "qemu"
@@ -178,3 +188,22 @@ class Lab:
             mode=mode,
         )
         return Bulk(**result)
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+
+def snapstore(*args: str, stdin: str | None = None) -> Run:
+    """The snapstore command line in a fresh process, as an operator runs it:
+    libvirt lets a process open one embedded root, once, so tests that reach
+    an embedded root through snapstore cannot call cli.main() in-process."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "snapstore", *args], input=stdin,
+                              capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"snapstore {' '.join(args)} timed out after {TIMEOUT_SECONDS} s") from None
+    return Run(proc.returncode, proc.stdout, proc.stderr)

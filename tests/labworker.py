@@ -1,6 +1,9 @@
 """Drive one embedded libvirt root (qemu:///embed?root=ROOT) from a JSON op list.
 
-Usage: python labworker.py ROOT  < ops.json  > results.json
+Usage: python labworker.py ROOT [URI]  < ops.json  > results.json
+
+With URI (e.g. qemu:///system) the ops drive that libvirt instead of the
+embedded root; ROOT then only holds the disk images of defined domains.
 
 A process can open only one embedded root in its lifetime and a root can be
 open in only one process at a time (DESIGN section 7), so tests run this script
@@ -284,6 +287,7 @@ def execute(conn: libvirt.virConnect, root: Path, ops: list[Op]) -> tuple[list[A
 
 def main(argv: list[str]) -> int:
     root = Path(argv[1]).resolve()
+    uri = argv[2] if len(argv) > 2 else f"qemu:///embed?root={root}"
     ops = json.load(sys.stdin)
     # Keep stdout for the JSON answer alone: anything else that writes to
     # fd 1 (libvirt, qemu-img) goes to stderr.
@@ -291,7 +295,7 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)
     prepare_root(root)
     start_event_loop()
-    conn = libvirt.open(f"qemu:///embed?root={root}")
+    conn = libvirt.open(uri)
     try:
         results, status = execute(conn, root, ops)
     finally:

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from snapstore import __version__, errors
-from snapstore.cli import check, common, consolidate, daemon, expand, listing
+from snapstore.cli import bridge, check, common, consolidate, daemon, expand, listing
 
-_COMMANDS = (consolidate, expand, listing, check, daemon)
+_COMMANDS = (consolidate, expand, listing, check, bridge, daemon)
 log = logging.getLogger("snapstore")
 
 
