@@ -163,12 +163,7 @@ def _message(error: libvirt.libvirtError) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Calls:
-    """libvirt's calls for one kind of moment.
-
-    Checkpoints (issue 6) add an entry: listAllCheckpoints(_LIST_TOPOLOGICAL),
-    checkpointLookupByName, getXMLDesc(_CHECKPOINT_XML_SECURE),
-    checkpointCreateXML(_REDEFINE), and no stored current.
-    """
+    """libvirt's calls for one kind of moment (snapshots or checkpoints)."""
 
     list_all: Callable[[libvirt.virDomain], list[Any]]  # parents before children
     lookup: Callable[[libvirt.virDomain, str], Any]
@@ -201,10 +196,23 @@ _SNAPSHOT_CALLS = _Calls(
 )
 
 
+def _redefine_checkpoint(domain: libvirt.virDomain, xml: str, current: bool) -> None:
+    # No _CURRENT: libvirt computes a checkpoint's "current" from the tree.
+    domain.checkpointCreateXML(xml, libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
+
+
+_CHECKPOINT_CALLS = _Calls(
+    list_all=lambda domain: domain.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL),
+    lookup=lambda domain, name: domain.checkpointLookupByName(name, 0),
+    xml=lambda handle: handle.getXMLDesc(libvirt.VIR_DOMAIN_CHECKPOINT_XML_SECURE),
+    current=lambda domain: None,
+    redefine=_redefine_checkpoint,
+    delete_metadata=lambda handle: handle.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY),
+)
+
+
 def _calls(kind: kinds.Kind) -> _Calls:
-    if kind is not kinds.SNAPSHOT:
-        raise errors.UsageError(reason=f"moving {kind.plural} through libvirt is not supported yet")
-    return _SNAPSHOT_CALLS
+    return _CHECKPOINT_CALLS if kind is kinds.CHECKPOINT else _SNAPSHOT_CALLS
 
 
 # --- dump --------------------------------------------------------------------------------------
@@ -354,7 +362,7 @@ def restore(host: Host, tree: model.Tree, replace: bool = False, rewrite_uuid: b
         return RestoreResult(plan, Steps(), dry_run=True)
     texts = {m.name: _xml_text(m.element) for m in tree.moments}
     steps = _run_steps(plan.todo(), "redefine", lambda name: calls.redefine(handle, texts[name], False), progress)
-    if steps.failure is None and tree.current is not None:
+    if steps.failure is None and tree.current is not None and tree.kind.stores_current:
         steps.failure = _set_current(calls, handle, tree.current, texts[tree.current])
     return RestoreResult(plan, steps, dry_run=False)
 

@@ -31,6 +31,7 @@ UUID_MISMATCH = "SS206"
 SEVERAL_CURRENT = "SS207"
 NO_CURRENT = "SS208"
 UUID_VS_DEFINITION = "SS209"
+NAME_PATTERN = "SS210"
 
 STORE_MISSING = "SS301"
 FOLDER_MISSING = "SS302"
@@ -77,6 +78,7 @@ CODES: dict[str, Code] = {c.code: c for c in [
     Code(SEVERAL_CURRENT, ERROR, "more than one snapshot marked current"),
     Code(NO_CURRENT, WARNING, "snapshots exist but none is marked current"),
     Code(UUID_VS_DEFINITION, ERROR, "embedded uuid differs from the domain's definition"),
+    Code(NAME_PATTERN, ERROR, "name outside the pattern libvirt's schema allows for this kind"),
     Code(STORE_MISSING, WARNING, "libvirt folder has no consolidated file"),
     Code(FOLDER_MISSING, ERROR, "consolidated file holds moments libvirt's folder lacks entirely"),
     Code(ONLY_IN_FOLDER, ERROR, "moment in libvirt's folder, not in the store"),

@@ -6,6 +6,7 @@ way; only these few facts differ, so everything else is shared code.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,10 +16,13 @@ class Kind:
     root_tag: str        # root element of one legacy file
     edit_command: str    # named in libvirt's header comment
     stores_current: bool  # snapshots carry <active>; checkpoints compute it
+    name_pattern: re.Pattern[str] | None = None  # what libvirt's schema allows, if it says
 
 
 SNAPSHOT = Kind("snapshot", "snapshots", "domainsnapshot", "snapshot-edit", True)
-CHECKPOINT = Kind("checkpoint", "checkpoints", "domaincheckpoint", "checkpoint-edit", False)
+# domaincheckpoint.rng's checkpointName: "no leading '.' and no embedded '/' or newline".
+CHECKPOINT = Kind("checkpoint", "checkpoints", "domaincheckpoint", "checkpoint-edit", False,
+                  re.compile(r"[a-zA-Z0-9_\-][a-zA-Z0-9_\-.]*"))
 
 BY_PLURAL = {kind.plural: kind for kind in (SNAPSHOT, CHECKPOINT)}
 ALL = (SNAPSHOT, CHECKPOINT)

@@ -115,6 +115,10 @@ class Tree:
             elif moment.name in seen:
                 yield Problem(codes.DUPLICATE, moment.name,
                               f"{self.kind.name} {moment.name!r} is defined more than once")
+            elif self.kind.name_pattern and not self.kind.name_pattern.fullmatch(moment.name):
+                yield Problem(codes.NAME_PATTERN, moment.name,
+                              f"{self.kind.name} name {moment.name!r} is outside libvirt's pattern "
+                              f"{self.kind.name_pattern.pattern}")
             seen.add(moment.name)
 
     def _parent_problems(self) -> Iterator[Problem]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -15,15 +15,21 @@ from lab import Lab  # noqa: E402
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Lab:
-    return Lab(tmp_path / "lab")
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    made = Lab(tmp_path / "lab")
+    yield made
+    made.stop_all()  # a started domain outlives the worker that started it
 
 
 @pytest.fixture
-def lab_factory(tmp_path: Path) -> Callable[[str], Lab]:
+def lab_factory(tmp_path: Path) -> Iterator[Callable[[str], Lab]]:
     """Several independent roots in one test, e.g. two "hosts" for transfer."""
+    made: list[Lab] = []
 
     def make(name: str) -> Lab:
-        return Lab(tmp_path / f"lab-{name}")
+        made.append(Lab(tmp_path / f"lab-{name}"))
+        return made[-1]
 
-    return make
+    yield make
+    for one in made:
+        one.stop_all()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import labcheckpoints
+
 WORKER = Path(__file__).with_name("labworker.py")
 TIMEOUT_SECONDS = 120  # no pytest-timeout here: every subprocess is bounded instead
 
@@ -47,6 +49,16 @@ class View:
     parents: dict[str, str | None]
     current: str | None
     xml: dict[str, str]  # SECURE XML per snapshot
+
+
+@dataclass
+class CheckpointView:
+    """libvirt's checkpoints of one domain (the API has no "current" for them)."""
+
+    names: list[str]  # topological: parents before children
+    parents: dict[str, str | None]
+    leaves: list[str]
+    xml: dict[str, str]  # SECURE XML per checkpoint
 
 
 @dataclass
@@ -188,6 +200,30 @@ class Lab:
             mode=mode,
         )
         return Bulk(**result)
+
+    # --- checkpoints: of a running domain only (tests/labcheckpoints.py) ---------
+
+    def start(self, domain: str) -> None:
+        self._one("start", domain=domain)
+
+    def destroy(self, domain: str) -> None:
+        self._one("destroy", domain=domain)
+
+    def checkpoint(self, domain: str, name: str, description: str | None = None) -> None:
+        self._one("checkpoint", domain=domain, name=name, description=description)
+
+    def checkpoint_delete(self, domain: str, name: str, metadata_only: bool = False) -> None:
+        self._one("checkpoint_delete", domain=domain, name=name, metadata_only=metadata_only)
+
+    def checkpoint_redefine(self, domain: str, xml: str) -> None:
+        self._one("checkpoint_redefine", domain=domain, xml=xml)
+
+    def checkpoint_view(self, domain: str) -> CheckpointView:
+        return CheckpointView(**self._one("checkpoint_view", domain=domain))
+
+    def stop_all(self) -> None:
+        """Kill every qemu this root started: the embedded driver never does."""
+        labcheckpoints.stop_all(self.root)
 
 
 @dataclass

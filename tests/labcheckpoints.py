@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,7 +62,12 @@ def op_checkpoint_view(conn: "libvirt.virConnect", root: Path, op: Op) -> dict[s
             "leaves": leaves, "xml": xml}
 
 
+def op_sleep(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+    time.sleep(op["seconds"])
+
+
 OPS: dict[str, Callable[[Any, Path, Op], Any]] = {
+    "sleep": op_sleep,
     "start": op_start,
     "destroy": op_destroy,
     "checkpoint": op_checkpoint,

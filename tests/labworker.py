@@ -27,6 +27,8 @@ import libvirt
 from lxml import etree
 from lxml.builder import E
 
+import labcheckpoints  # the script's own folder is on sys.path
+
 QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\n'
 EXIT_LIBVIRT_ERROR = 3
 
@@ -271,6 +273,7 @@ OPS: dict[str, Callable[[libvirt.virConnect, Path, Op], Any]] = {
     "view": op_view,
     "bulk_snapshots": op_bulk_snapshots,
 }
+OPS.update(labcheckpoints.OPS)
 
 
 def execute(conn: libvirt.virConnect, root: Path, ops: list[Op]) -> tuple[list[Any], int]:

@@ -82,6 +82,7 @@ def _command(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
     """A command on one DOMAIN whose output is data (--json)."""
     parser = commands.add_parser(name, parents=[options], help=summary, description=description)
     parser.add_argument("domain", metavar="DOMAIN")
+    common.add_kind_option(parser)
     common.add_json_option(parser)
     parser.set_defaults(run=run)
     return parser

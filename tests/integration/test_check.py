@@ -341,6 +341,16 @@ def checkpoint_unparsable(env: Env) -> None:
     put(folder / "c1.xml", b"<domaincheckpoint><name>c1</name>")
 
 
+def checkpoint_bad_name(env: Env) -> None:
+    """A checkpoint whose name libvirt's schema pattern refuses (a space); its
+    parent-less chain is otherwise fine, so the store just lacks it (SS301); the
+    installed schema refuses the name too (SS108)."""
+    folder = env.checkpoints / DOMAIN
+    folder.mkdir()
+    put(folder / "bad name.xml", b"<domaincheckpoint><name>bad name</name><creationTime>1</creationTime>"
+                                 b"</domaincheckpoint>")
+
+
 def image_lacks_snapshot(env: Env) -> None:
     subprocess.run(["qemu-img", "snapshot", "-d", "s3", str(env.image)], check=True, timeout=SUBPROCESS_TIMEOUT)
 
@@ -402,6 +412,8 @@ CASES = [
     case("schema-invalid-both", schema_invalid_both, codes.SCHEMA_INVALID, 1, at="s3"),
     case("bad-active", lambda env: set_active(env, "s3", "yes"), codes.BAD_INTERNAL_ELEMENT, 3, SKIPPED, "s3.xml"),
     case("checkpoint-unparsable", checkpoint_unparsable, codes.UNPARSABLE, 3, at="checkpoint/vm1/c1.xml"),
+    case("checkpoint-name-pattern", checkpoint_bad_name, codes.NAME_PATTERN, 3, {codes.STORE_MISSING, codes.SCHEMA_INVALID},
+         at="checkpoint/vm1/bad name.xml"),
     # --- SS2xx: tree
     case("store-empty-name", store_empty_name, codes.EMPTY_NAME, 3,
          {codes.ONLY_IN_FOLDER, codes.ONLY_IN_STORE}),

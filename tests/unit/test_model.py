@@ -87,3 +87,12 @@ def test_checkpoint_current_is_the_leaf_of_a_linear_chain() -> None:
     assert model.Tree(kinds.CHECKPOINT, "vm", []).current is None
     two_roots = [moment("a"), moment("b")]
     assert model.Tree(kinds.CHECKPOINT, "vm", two_roots).current is None
+
+
+def test_checkpoint_names_follow_libvirts_schema_pattern() -> None:
+    good = model.Tree(kinds.CHECKPOINT, "vm", [moment("c-1_a.b"), moment("9", "c-1_a.b")])
+    assert good.validate() == []
+    for bad in [".hidden", "with space", "a/b", "é", "line\nbreak"]:
+        tree = model.Tree(kinds.CHECKPOINT, "vm", [moment(bad)])
+        assert [p.code for p in tree.validate()] == [codes.NAME_PATTERN], bad
+    assert model.Tree(kinds.SNAPSHOT, "vm", [moment("with space")]).validate() == []
