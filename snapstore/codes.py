@@ -7,7 +7,7 @@ know the domain and path they name.
 """
 from __future__ import annotations
 
-import dataclasses
+import typing
 
 ERROR = "error"
 WARNING = "warning"
@@ -52,8 +52,7 @@ IMAGE_ORPHAN_SNAPSHOT = "SS502"
 IMAGE_UNREADABLE = "SS503"
 
 
-@dataclasses.dataclass(frozen=True)
-class Code:
+class Code(typing.NamedTuple):
     code: str
     severity: str
     title: str

@@ -5,28 +5,27 @@ exist. Unknown keys are an error, so a typo never silently keeps a default.
 """
 from __future__ import annotations
 
-import dataclasses
-import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
-from snapstore import errors
-from snapstore.formats import consolidated, legacy
+from snapstore import errors, limits
 
 DEFAULT_PATH = Path("/etc/snapstore/snapstore.toml")
 
 
-@dataclasses.dataclass
-class Config:
+class Config(typing.NamedTuple):
+    """Every setting; a NamedTuple, as dataclasses would cost each command ~13 ms to import."""
+
     # libvirt's system qemu driver roots (DESIGN §1).
     libvirt_dir: Path = Path("/var/lib/libvirt/qemu/snapshot")
     checkpoint_dir: Path = Path("/var/lib/libvirt/qemu/checkpoint")
     # systemd's StateDirectory=snapstore.
     state_dir: Path = Path("/var/lib/snapstore")
     # libvirt skips metadata files over 1 MiB; so do we, by default.
-    max_legacy_bytes: int = legacy.LIBVIRT_FILE_LIMIT
+    max_legacy_bytes: int = limits.LIBVIRT_FILE
     # A consolidated file of 10,000 snapshots is ~60 MiB.
-    max_store_bytes: int = consolidated.DEFAULT_LIMIT
+    max_store_bytes: int = limits.STORE_FILE
     # Seconds to wait for another snapstore process to release a domain.
     lock_timeout: float = 10.0
     # A live pid in one of these means libvirt has the folders loaded.
@@ -43,7 +42,7 @@ class Config:
     reconcile_interval: float = 600.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        return {name: _plain(value) for name, value in self._asdict().items()}
 
 
 def load(path: Path | None) -> Config:
@@ -51,13 +50,17 @@ def load(path: Path | None) -> Config:
     explicit = path is not None
     path = path or DEFAULT_PATH
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if explicit:
             raise errors.ConfigError(path=path, reason="no such file") from None
         return Config()
     except (OSError, UnicodeDecodeError) as e:
         raise errors.ConfigError(path=path, reason=f"cannot be read: {e}") from e
+    import tomllib  # only when there is a file: every command starts here
+
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise errors.ConfigError(path=path, reason=f"not valid TOML: {e}") from e
     return overlay(Config(), data, str(path))
@@ -65,13 +68,12 @@ def load(path: Path | None) -> Config:
 
 def overlay(config: Config, values: dict[str, Any], source: str) -> Config:
     """A copy of ``config`` with ``values`` converted to each field's type."""
-    fields = {field.name: field for field in dataclasses.fields(Config)}
     changes = {}
     for key, value in values.items():
-        if key not in fields:
+        if key not in Config._fields:
             raise errors.ConfigError(path=source, reason=f"unknown setting {key!r}")
         changes[key] = _convert(key, value, getattr(config, key), source)
-    return dataclasses.replace(config, **changes)
+    return config._replace(**changes)
 
 
 def _convert(key: str, value: Any, default: Any, source: str) -> Any:

@@ -11,10 +11,8 @@ Reads never follow a symlink and never block on a FIFO.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +51,7 @@ def opened_dir(path: Path, missing_ok: bool = False) -> Iterator[int | None]:
 
 def temp_name() -> str:
     """Unique temp name carrying our pid, so a sweep can tell stale from in-flight."""
-    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+    return f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
 
 
 def is_stale_temp(name: str) -> bool:
@@ -113,15 +111,17 @@ def _type_name(mode: int) -> str:
     return "special file"
 
 
-def write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
-    """Create ``name`` (never an existing file or link), write it and fsync it."""
+def write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Create ``name`` (never an existing file or link), write it and fsync it
+    (``durable=False``: derived data that is checked before use, no fsync)."""
     fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
     try:
         os.fchmod(fd, mode)  # the umask must not change the mode we promise
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(dir_fd, name)
@@ -133,12 +133,13 @@ def write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
+    (``durable=False`` skips both fsyncs: for derived data checked before use)."""
     with opened_dir(path.parent) as dir_fd:
         temp = temp_name()
         try:
-            write_new(dir_fd, temp, data, mode)
+            write_new(dir_fd, temp, data, mode, durable)
         except OSError as e:
             raise errors.WriteError(path=path, reason=reason(e)) from e
         try:
@@ -146,7 +147,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         except OSError as e:
             _unlink_quietly(dir_fd, temp)
             raise errors.WriteError(path=path, reason=reason(e)) from e
-        fsync_dir(dir_fd, path)
+        if durable:
+            fsync_dir(dir_fd, path)
 
 
 def fsync_dir(dir_fd: int, display: Path) -> None:
@@ -159,6 +161,8 @@ def fsync_dir(dir_fd: int, display: Path) -> None:
 
 def exchange(dir_fd: int, first: str, second: str) -> None:
     """Swap two entries of one folder atomically (renameat2 RENAME_EXCHANGE)."""
+    import ctypes  # only expand swaps folders
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.renameat2(dir_fd, os.fsencode(first), dir_fd, os.fsencode(second), _RENAME_EXCHANGE):
         code = ctypes.get_errno()

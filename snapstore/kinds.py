@@ -5,12 +5,11 @@ way; only these few facts differ, so everything else is shared code.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
+import typing
 
 
-@dataclasses.dataclass(frozen=True)
-class Kind:
+class Kind(typing.NamedTuple):
     name: str            # "snapshot": used in messages
     plural: str          # store subfolder and consolidated root tag
     root_tag: str        # root element of one legacy file

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from lxml import etree
+if TYPE_CHECKING:  # annotations only: listing needs the model without lxml
+    from lxml import etree
 
 from snapstore import codes, kinds
 

@@ -8,8 +8,8 @@ leading ``.`` as ``%XX``, so any domain name maps to exactly one safe name.
 """
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
@@ -44,7 +44,7 @@ def is_escaped_form(name: str) -> bool:
 def attic_name(plural: str, domain: str, suffix: str) -> str:
     """A unique name in attic/ for something of ``domain`` set aside now."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{plural}.{escape_domain(domain)}.{stamp}-{secrets.token_hex(3)}{suffix}"
+    return f"{plural}.{escape_domain(domain)}.{stamp}-{os.urandom(3).hex()}{suffix}"
 
 
 def legacy_file_name(name: str) -> str:

@@ -18,22 +18,28 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from snapstore import errors, fsio, kinds, model, naming
-from snapstore.formats import consolidated
+from snapstore import codes, errors, fsio, index, kinds, lazy, limits, naming
 
-_FOLDERS = ("snapshots", "checkpoints", "locks", "attic")
+# Not needed to list from the index: loaded on first use.
+consolidated = lazy.module("snapstore.formats.consolidated")
+model = lazy.module("snapstore.model")
+
+_FOLDERS = ("snapshots", "checkpoints", "locks", "attic", "index")
 _LOCK_POLL = 0.02
 
 
 class Store:
     def __init__(self, root: Path, lock_timeout: float = 10.0,
-                 read_limit: int = consolidated.DEFAULT_LIMIT) -> None:
+                 read_limit: int = limits.STORE_FILE) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.read_limit = read_limit
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / kind.plural / (naming.escape_domain(domain) + ".xml")
+
+    def index_path(self, kind: kinds.Kind, domain: str) -> Path:
+        return self.root / "index" / f"{kind.plural}.{naming.escape_domain(domain)}.json"
 
     def prepare(self, sweep: bool = True) -> None:
         """Create the layout (mode 0700) and sweep temps of dead writers
@@ -102,7 +108,43 @@ class Store:
             if not self._needs_write(tree, data, allow_empty):
                 return False
             fsio.atomic_write(self.path(tree.kind, tree.domain), data)
+            self._write_index(tree)  # under the lock: no other commit can slip in
         return True
+
+    def listing(self, kind: kinds.Kind, domain: str) -> tuple[str | None, list[index.Row]] | None:
+        """(current, rows) for `list`: from the index while it matches the
+        file, else from the file itself (and the index is rebuilt)."""
+        path = self.path(kind, domain)
+        before = self._identity(path)
+        if before is None:
+            return None
+        found = index.read(self.index_path(kind, domain), before, domain)
+        if found is not None:
+            return found
+        tree = self.read_tree(kind, domain)
+        if tree is None:
+            return None
+        rows = _rows(tree)
+        after = self._identity(path)
+        if after == before:  # else the file changed while read: do not record a mix
+            index.write(self.index_path(kind, domain), index.encode(domain, tree.current, rows, after))
+        return tree.current, rows
+
+    def _identity(self, path: Path) -> index.Identity | None:
+        """The store file's identity, None when absent; the folder must be usable."""
+        with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
+            if dir_fd is None:
+                return None
+            try:
+                return index.identity(os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False))
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise errors.FormatError(path, f"cannot be read: {fsio.reason(e)}", codes.UNREADABLE) from e
+
+    def _write_index(self, tree: model.Tree) -> None:
+        of = index.identity(os.stat(self.path(tree.kind, tree.domain), follow_symlinks=False))
+        index.write(self.index_path(tree.kind, tree.domain), index.encode(tree.domain, tree.current, _rows(tree), of))
 
     def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
         old = self.read_bytes(tree.kind, tree.domain)
@@ -129,6 +171,10 @@ class Store:
                 fsio.fsync_dir(fd, target)
                 fsio.fsync_dir(attic_fd, target)
         return target
+
+
+def _rows(tree: model.Tree) -> list[index.Row]:
+    return [(m.name, m.parent, m.creation_time, m.state) for m in tree.topological()]
 
 
 def _raise_problems(tree: model.Tree) -> None:

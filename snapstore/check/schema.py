@@ -8,7 +8,7 @@ from lxml import etree
 
 from snapstore import kinds
 
-SCHEMA_DIR = Path("/usr/share/libvirt/schemas")
+SCHEMA_DIR = Path("/usr/share/libvirt/schemas")  # cli/check.py names it too, to stay light
 _FILES = {kinds.SNAPSHOT.name: "domainsnapshot.rng", kinds.CHECKPOINT.name: "domaincheckpoint.rng"}
 
 

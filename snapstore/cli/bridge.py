@@ -3,32 +3,19 @@ libvirt and a consolidated file, through libvirt's API (snapstore.bridge)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from snapstore import errors, fsio, kinds, model, naming
-from snapstore import store as store_
+from snapstore import errors, kinds, lazy
 from snapstore.cli import common
-from snapstore.formats import consolidated
 
-
-def _lazy(name: str) -> ModuleType:
-    """Import on first use (importlib's documented LazyLoader recipe): libvirt's
-    bindings cost ~0.1 s, which every other command should not pay."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bridge = _lazy("snapstore.bridge")
+bridge = lazy.module("snapstore.bridge")  # libvirt's bindings: ~0.1 s
+consolidated = lazy.module("snapstore.formats.consolidated")
+fsio = lazy.module("snapstore.fsio")
+model = lazy.module("snapstore.model")
+naming = lazy.module("snapstore.naming")
+store_ = lazy.module("snapstore.store")
 
 PROGRESS_EVERY = 100  # moments between two progress lines on stderr; shorter runs show none
 

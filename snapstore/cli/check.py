@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snapstore import errors
-from snapstore.check import findings, run, scan
+from snapstore import errors, lazy
 from snapstore.cli import common
+
+findings = lazy.module("snapstore.check.findings")
+run = lazy.module("snapstore.check.run")
+scan = lazy.module("snapstore.check.scan")
+SCHEMA_DIR = Path("/usr/share/libvirt/schemas")  # libvirt's install path (check.schema's default)
 
 
 def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
@@ -21,8 +25,8 @@ def register(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
     parser.add_argument("--no-disks", action="store_true", help="skip the qemu-img cross-check of internal snapshots")
     parser.add_argument("--definitions", type=Path, default=Path("/etc/libvirt/qemu"), metavar="DIR",
                         help="libvirt's domain definitions, for the uuid check (default /etc/libvirt/qemu)")
-    parser.add_argument("--schemas", type=Path, default=scan.schema.SCHEMA_DIR, metavar="DIR",
-                        help=f"libvirt's RNG schemas (default {scan.schema.SCHEMA_DIR})")
+    parser.add_argument("--schemas", type=Path, default=SCHEMA_DIR, metavar="DIR",
+                        help=f"libvirt's RNG schemas (default {SCHEMA_DIR})")
     common.add_json_option(parser)
     parser.set_defaults(run=run_command)
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from snapstore import config, errors, kinds, store
+from snapstore import config, errors, kinds, lazy
+
+store = lazy.module("snapstore.store")
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,10 +51,12 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
-@dataclasses.dataclass
 class Context:
-    config: config.Config
-    verbosity: int
+    """Settings and output of one command."""
+
+    def __init__(self, settings: config.Config, verbosity: int) -> None:
+        self.config = settings
+        self.verbosity = verbosity
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Context":

@@ -5,9 +5,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from snapstore import errors, kinds, legacydir
-from snapstore import store as store_
+from snapstore import errors, kinds, lazy
 from snapstore.cli import common
+
+legacydir = lazy.module("snapstore.legacydir")
+store_ = lazy.module("snapstore.store")
 
 # Per-domain failures that let the other domains go on; anything else
 # (an unusable state folder, say) stops the command at once.

@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snapstore import errors, hostenv, kinds, legacydir, model
+from snapstore import errors, hostenv, lazy
 from snapstore.cli import common
+
+legacydir = lazy.module("snapstore.legacydir")
+model = lazy.module("snapstore.model")
 
 
 def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:

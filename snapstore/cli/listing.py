@@ -1,11 +1,16 @@
-"""``snapstore list``: a domain's moments from its consolidated file."""
+"""``snapstore list``: a domain's moments from the store's listing index.
+
+The index (snapstore.index) is checked against the consolidated file's
+identity and rebuilt from the file when stale, so a listing of thousands
+never parses XML on the common path; this module imports nothing heavy.
+"""
 from __future__ import annotations
 
 import argparse
 import time
 from typing import Any
 
-from snapstore import errors, model
+from snapstore import errors, index
 from snapstore.cli import common
 
 
@@ -25,49 +30,48 @@ def run(args: argparse.Namespace, context: common.Context) -> int:
         raise errors.UsageError(reason="--tree and --json do not go together (the JSON has every parent)")
     kind = context.kind(args)
     store = context.store()
-    tree = store.read_tree(kind, args.domain)
-    if tree is None:
+    found = store.listing(kind, args.domain)
+    if found is None:
         raise errors.UnknownDomain(domain=args.domain, reason=f"no consolidated file {store.path(kind, args.domain)}")
+    current, rows = found
     if args.json:
-        context.emit_json(as_json(tree))
+        context.emit_json(as_json(args.domain, kind.name, kind.plural, current, rows))
     else:
-        print("\n".join(format_tree(tree) if args.tree else format_table(tree)))
+        print("\n".join(format_tree(current, rows) if args.tree else format_table(current, rows)))
     return 0
 
 
-def as_json(tree: model.Tree) -> dict[str, Any]:
+def as_json(domain: str, kind: str, plural: str, current: str | None, rows: list[index.Row]) -> dict[str, Any]:
     """Schema version 1: moments in topological order, parents first."""
-    return {"format": 1, "domain": tree.domain, "kind": tree.kind.name, "current": tree.current,
-            tree.kind.plural: [_entry(m, tree) for m in tree.topological()]}
+    return {"format": 1, "domain": domain, "kind": kind, "current": current,
+            plural: [{"name": name, "parent": parent, "creation_time": created, "state": state,
+                      "current": name == current} for name, parent, created, state in rows]}
 
 
-def _entry(moment: model.Moment, tree: model.Tree) -> dict[str, Any]:
-    return {"name": moment.name, "parent": moment.parent, "creation_time": moment.creation_time,
-            "state": moment.state, "current": moment.name == tree.current}
-
-
-def format_table(tree: model.Tree) -> list[str]:
+def format_table(current: str | None, rows: list[index.Row]) -> list[str]:
     header = ("Name", "Creation Time", "State", "Parent", "Current")
-    rows = [(common.printable(m.name), _when(m.creation_time), m.state or "",
-             common.printable(m.parent or ""), "yes" if m.name == tree.current else "")
-            for m in tree.topological()]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    cells = [(common.printable(name), _when(created), state or "", common.printable(parent or ""),
+              "yes" if name == current else "") for name, parent, created, state in rows]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
     lines = [" " + "   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [header, *rows]]
+             for row in [header, *cells]]
     lines.insert(1, "-" * (sum(widths) + 3 * len(widths)))
     return lines
 
 
-def format_tree(tree: model.Tree) -> list[str]:
-    """The parent tree, siblings in canonical order, the current one marked."""
-    children = tree.children()
+def format_tree(current: str | None, rows: list[index.Row]) -> list[str]:
+    """The parent tree, siblings in the file's canonical order, the current one marked."""
+    names = {row[0] for row in rows}
+    children: dict[str | None, list[str]] = {}
+    for name, parent, _, _ in rows:
+        children.setdefault(parent if parent in names else None, []).append(name)
     lines: list[str] = []
-    stack = [(m, "", "") for m in reversed(children.get(None, []))]
+    stack = [(name, "", "") for name in reversed(children.get(None, []))]
     while stack:
-        moment, lead, branch = stack.pop()
-        mark = "  (current)" if moment.name == tree.current else ""
-        lines.append(f"{lead}{branch}{common.printable(moment.name)}{mark}")
-        below = children.get(moment.name, [])
+        name, lead, branch = stack.pop()
+        mark = "  (current)" if name == current else ""
+        lines.append(f"{lead}{branch}{common.printable(name)}{mark}")
+        below = children.get(name, [])
         inner = lead + ("" if not branch else "│   " if branch == "├── " else "    ")
         stack.extend((child, inner, "└── " if i == 0 else "├── ") for i, child in enumerate(reversed(below)))
     return lines

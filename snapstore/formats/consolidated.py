@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from lxml import etree
 
-from snapstore import codes, errors, kinds, model
+from snapstore import codes, errors, kinds, limits, model
 from snapstore.formats import xmlsafe
 
 FORMAT_VERSION = "1"
-DEFAULT_LIMIT = 256 * 1024 * 1024
+DEFAULT_LIMIT = limits.STORE_FILE
 _DECLARATION = b"<?xml version='1.0' encoding='UTF-8'?>\n"
 
 

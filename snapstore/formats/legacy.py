@@ -10,12 +10,10 @@ import dataclasses
 
 from lxml import etree
 
-from snapstore import codes, errors, kinds, model
+from snapstore import codes, errors, kinds, limits, model
 from snapstore.formats import xmlsafe
 
-# Default cap: libvirt refuses to read a metadata file over 1 MiB
-# (virDomainSnapshotObjListParse / qemuSnapshotLoad use a 1 MiB limit).
-LIBVIRT_FILE_LIMIT = 1024 * 1024
+LIBVIRT_FILE_LIMIT = limits.LIBVIRT_FILE
 
 _HEADER = (
     "<!--\n"

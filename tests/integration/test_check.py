@@ -631,6 +631,8 @@ def picture(env: Env) -> dict[str, tuple[str, int, bytes | str]]:
     seen = {}
     for top in (env.snapshots, env.checkpoints, env.definitions, env.state):
         for path in [top, *sorted(top.rglob("*"))]:
+            if path.is_relative_to(env.state / "index"):
+                continue  # the derived listing index, rewritten with every commit
             info = path.lstat()
             mode = stat.S_IMODE(info.st_mode)
             if stat.S_ISLNK(info.st_mode):

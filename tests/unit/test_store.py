@@ -100,7 +100,8 @@ def test_write_path_order_is_file_fsync_rename_folder_fsync(state: store.Store, 
         real = getattr(os, name)
         monkeypatch.setattr(fsio.os, name, lambda *a, _n=name, _r=real, **k: (events.append(_n), _r(*a, **k))[1])
     state.replace(tree_of(("a", None)))
-    assert events == ["write", "fsync", "rename", "fsync"]
+    # Then the derived listing index: written and renamed, never fsynced.
+    assert events == ["write", "fsync", "rename", "fsync", "write", "rename"]
 
 
 def fail_nth_call(monkeypatch, name: str, nth: int, code: int) -> dict[str, int]:
@@ -244,3 +245,26 @@ def test_every_domain_maps_inside_the_store(state: store.Store) -> None:
         state.replace(tree_of(("a", None), domain=domain))
         assert state.read_tree(SNAP, domain).domain == domain
     assert sorted(state.domains(SNAP)) == sorted(["../../etc/passwd", "/abs", ".", "..", "a/../../b"])
+
+
+def test_listing_index_is_written_at_commit_and_used_while_it_matches(state: store.Store, monkeypatch) -> None:
+    state.replace(tree_of(("a", None), ("b", "a"), current="b"))
+    assert state.index_path(SNAP, "vm1").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setattr(state, "read_tree", lambda *a: pytest.fail("the index should have been used"))
+    current, rows = state.listing(SNAP, "vm1")
+    assert current == "b" and [r[:2] for r in rows] == [("a", None), ("b", "a")]
+
+
+def test_listing_index_is_never_trusted_blindly(state: store.Store) -> None:
+    state.replace(tree_of(("a", None), current="a"))
+    path, idx = state.path(SNAP, "vm1"), state.index_path(SNAP, "vm1")
+    # An operator edits the file by hand: the identity changes, the index is rebuilt.
+    other = tree_of(("x", None), ("y", "x"), current="y")
+    from snapstore.formats import consolidated
+    path.write_bytes(consolidated.format_consolidated(other))
+    assert state.listing(SNAP, "vm1")[0] == "y"
+    idx.write_text("{not json")  # a broken index is rebuilt, never an error
+    assert [r[0] for r in state.listing(SNAP, "vm1")[1]] == ["x", "y"]
+    idx.unlink()
+    assert state.listing(SNAP, "vm1")[0] == "y" and idx.exists()
+    assert state.listing(SNAP, "nope") is None

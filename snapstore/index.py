@@ -1,0 +1,58 @@
+"""A derived listing index: what `list` shows, without parsing the whole file.
+
+    <state>/index/<kind>.<escaped domain>.json
+    {"format": 1, "identity": [dev, ino, size, mtime_ns], "domain": …,
+     "current": …, "rows": [[name, parent, creation_time, state], …]}
+
+Rows are in the consolidated file's order (topological, canonical). The
+index is trusted only while the consolidated file's identity (device, inode,
+size, mtime) is the one recorded: every commit renames a new inode into
+place, so any change to the file, ours or an operator's, shows. A stale,
+missing or unreadable index is rebuilt from the file and never an error.
+It holds no secrets, but is written 0600 like everything else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from snapstore import errors, fsio
+
+FORMAT = 1
+Identity = tuple[int, int, int, int]
+Row = tuple[str, "str | None", "int | None", "str | None"]
+
+
+def identity(info: os.stat_result) -> Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def encode(domain: str, current: str | None, rows: list[Row], of: Identity) -> bytes:
+    return json.dumps({"format": FORMAT, "identity": list(of), "domain": domain, "current": current,
+                       "rows": rows}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def read(index_path: Path, of: Identity, domain: str) -> tuple[str | None, list[Row]] | None:
+    """(current, rows) when the index describes exactly file ``of``, else None."""
+    try:
+        with fsio.opened_dir(index_path.parent, missing_ok=True) as dir_fd:
+            if dir_fd is None:
+                return None
+            data: dict[str, Any] = json.loads(fsio.read_regular(dir_fd, index_path.name, 1 << 30, index_path))
+    except (errors.SnapstoreError, ValueError):
+        return None
+    if data.get("format") != FORMAT or data.get("identity") != list(of) or data.get("domain") != domain:
+        return None
+    return data["current"], [tuple(row) for row in data["rows"]]
+
+
+def write(index_path: Path, data: bytes) -> bool:
+    """Best effort (a reader may lack write access): True when written."""
+    try:
+        index_path.parent.mkdir(mode=0o700, exist_ok=True)
+        fsio.atomic_write(index_path, data, durable=False)
+    except (OSError, errors.SnapstoreError):
+        return False
+    return True
