@@ -66,8 +66,48 @@ def op_sleep(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
     time.sleep(op["seconds"])
 
 
+def op_checkpoint_variant(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+    """REDEFINE a variant of checkpoint ``source`` (libvirt's own SECURE XML of it):
+    another "name", "parent" (None: a root), domain "uuid", or "no_domain" (drop
+    <domain>); "delete_first" removes the target's metadata first (metadata only)."""
+    dom = conn.lookupByName(op["domain"])
+    element = etree.fromstring(dom.checkpointLookupByName(op["source"]).getXMLDesc(
+        libvirt.VIR_DOMAIN_CHECKPOINT_XML_SECURE).encode())
+    name = op.get("name", op["source"])
+    element.find("name").text = name
+    if "parent" in op:
+        _set_parent(element, op["parent"])
+    if op.get("uuid"):
+        element.find("domain/uuid").text = op["uuid"]
+    if op.get("no_domain"):
+        element.remove(element.find("domain"))
+    if op.get("delete_first"):
+        dom.checkpointLookupByName(name).delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    dom.checkpointCreateXML(etree.tostring(element, encoding="unicode"),
+                            libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
+
+
+def _set_parent(element: etree._Element, parent: str | None) -> None:
+    old = element.find("parent")
+    if old is not None:
+        element.remove(old)
+    if parent is not None:
+        element.find("name").addnext(E.parent(E.name(parent)))
+
+
+def op_attempt(conn: "libvirt.virConnect", root: Path, op: Op) -> dict[str, Any]:
+    """Run op["try"] (a checkpoint op) and answer libvirt's error instead of ending the batch."""
+    inner = op["try"]
+    try:
+        return {"result": OPS[inner["op"]](conn, root, inner), "error": None}
+    except libvirt.libvirtError as e:
+        return {"result": None, "error": {"code": e.get_error_code(), "message": str(e)}}
+
+
 OPS: dict[str, Callable[[Any, Path, Op], Any]] = {
     "sleep": op_sleep,
+    "attempt": op_attempt,
+    "checkpoint_variant": op_checkpoint_variant,
     "start": op_start,
     "destroy": op_destroy,
     "checkpoint": op_checkpoint,

@@ -217,7 +217,7 @@ def _restore_line(result: bridge.RestoreResult, uri: str) -> str:
     current = f", current {common.printable(tree.current)}" if tree.current else ""
     if result.dry_run:
         moves = f", would mark {common.printable(tree.current)} current" if (
-            tree.current and plan.target_current != tree.current) else ""
+            tree.kind.stores_current and tree.current and plan.target_current != tree.current) else ""
         return (f"{common.printable(tree.domain)}: dry run against {uri}: {len(plan.define)} to define, "
                 f"{len(plan.replace)} to replace, {len(plan.skip)} already present{moves}; nothing changed")
     return (f"{common.printable(tree.domain)}: {len(tree)} {tree.kind.plural} restored to {uri}: "
@@ -233,7 +233,7 @@ def _incomplete_lines(result: bridge.RestoreResult, uri: str) -> list[str]:
     lines += [f"{label}: {bridge.listed(names)}" for label, names in
               (("defined", defined), ("replaced", replaced)) if names]
     lines += _failure_lines(steps, "not tried")
-    if steps.failure.action != "set current" and plan.tree.current is not None:
+    if steps.failure.action != "set current" and plan.tree.current is not None and kind.stores_current:
         lines.append(f"current {kind.name} {plan.tree.current!r} not marked yet")
     lines.append(f"run the same command again to finish: {kind.plural} already defined identically are skipped")
     return lines
