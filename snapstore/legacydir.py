@@ -44,9 +44,13 @@ class LegacyFolder:
     identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
 
     def tree(self) -> model.Tree:
-        actives = [e.moment.name for e in self.entries.values() if e.active]
-        current = actives[0] if len(actives) == 1 else None
-        return model.Tree(self.kind, self.domain, [e.moment for e in self.entries.values()], current)
+        """The folder's tree (built once: the folder is read once and not changed)."""
+        if "_tree" not in self.__dict__:
+            actives = [e.moment.name for e in self.entries.values() if e.active]
+            current = actives[0] if len(actives) == 1 else None
+            self.__dict__["_tree"] = model.Tree(self.kind, self.domain, [e.moment for e in self.entries.values()],
+                                                current)
+        return self.__dict__["_tree"]
 
     def problems(self) -> list[str]:
         """Every reason this folder cannot be consolidated as it is."""

@@ -41,11 +41,12 @@ class Moment:
     def state(self) -> str | None:
         return self.element.findtext("state")
 
-    def uuids(self) -> Iterator[str]:
-        for path in ("domain/uuid", "inactiveDomain/uuid"):
-            uuid = self.element.findtext(path)
-            if uuid is not None:
-                yield uuid.strip().lower()
+    def uuids(self) -> tuple[str, ...]:
+        """Embedded domain uuids, read once (validation asks for them often)."""
+        if "_uuids" not in self.__dict__:
+            found = (self.element.findtext(path) for path in ("domain/uuid", "inactiveDomain/uuid"))
+            self.__dict__["_uuids"] = tuple(uuid.strip().lower() for uuid in found if uuid is not None)
+        return self.__dict__["_uuids"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,7 +135,7 @@ class DomainCheck:
                              "schema validation skipped")
             return
         for entry in folder.entries.values():
-            problem = schema.problem(entry.moment.element, validator)
+            problem = validator.problem(entry.moment.element)
             if problem:
                 self.add(codes.SCHEMA_INVALID, problem, entry.moment.name, entry.moment.source)
 

@@ -41,8 +41,8 @@ def format_consolidated(tree: model.Tree) -> bytes:
     if not tree.moments:
         return _DECLARATION + start + b"\n"
     parts = [_DECLARATION, start[:-2], b">\n"]
-    for moment in tree.topological():
-        parts += [b"  ", xmlsafe.serialize(moment.element, level=1), b"\n"]
+    for moment in tree.topological():  # each child as libvirt writes it, not indented further
+        parts += [xmlsafe.serialize(moment.element), b"\n"]
     parts.append(f"</{tree.kind.plural}>\n".encode())
     return b"".join(parts)
 

@@ -46,15 +46,25 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
 def format_legacy(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     """The file libvirt would write for this moment, byte for byte in structure."""
     element = moment.element
-    marker = None
-    if kind.stores_current:
+    if not kind.stores_current:
+        body = xmlsafe.serialize(element)
+    else:
+        last = element[-1] if len(element) else None
+        saved = last.tail if last is not None else element.text
         marker = etree.SubElement(element, "active")
-        marker.text = "1" if active else "0"
-    try:
-        body = xmlsafe.serialize(element, level=0)
-    finally:
-        if marker is not None:
+        marker.text, marker.tail = ("1" if active else "0"), "\n"
+        if last is not None:
+            last.tail = "\n  "
+        else:
+            element.text = "\n  "
+        try:
+            body = xmlsafe.serialize(element)
+        finally:  # the model keeps its element as it was
             element.remove(marker)
+            if last is not None:
+                last.tail = saved
+            else:
+                element.text = saved
     return _HEADER.format(command=kind.edit_command).encode() + body + b"\n"
 
 

@@ -40,7 +40,7 @@ def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
     if document.docinfo.doctype or document.docinfo.internalDTD is not None:
         raise errors.FormatError(source, "has a DOCTYPE (entities and DTDs are refused)")
     root = document.getroot()
-    if any(isinstance(node, etree._Entity) for node in root.iter()):
+    if next(root.iter(etree.Entity), None) is not None:  # lxml filters by node type in C
         raise errors.FormatError(source, "holds an entity reference (refused)")
     return root
 
@@ -62,17 +62,27 @@ def canonical(element: etree._Element) -> bytes:
     return etree.tostring(clone, method="c14n")
 
 
-def serialize(element: etree._Element, level: int) -> bytes:
+def serialize(element: etree._Element, level: int = 0) -> bytes:
     """The element indented by two spaces a level, starting at ``level``.
 
-    lxml's indent() is fast but rewrites whitespace inside mixed content
-    too, so a document holding any mixed content is indented by our walk.
+    An element already indented the way libvirt writes it (the text before
+    its first child and the tail of its last one say so) is written as it
+    is: re-indenting every element cost more than parsing it. Otherwise it is
+    indented; lxml's indent() also rewrites whitespace inside mixed content,
+    so a document holding any is indented by our own walk.
     """
-    if _HAS_MIXED(element):
-        _indent_element_only(element, level)
-    else:
-        etree.indent(element, space="  ", level=level)
+    if not _looks_indented(element, level):
+        if _HAS_MIXED(element):
+            _indent_element_only(element, level)
+        else:
+            etree.indent(element, space="  ", level=level)
     return etree.tostring(element, encoding="UTF-8", xml_declaration=False, with_tail=False)
+
+
+def _looks_indented(element: etree._Element, level: int) -> bool:
+    if not len(element):
+        return True
+    return element.text == "\n" + "  " * (level + 1) and element[-1].tail == "\n" + "  " * level
 
 
 _HAS_MIXED = etree.XPath("boolean(descendant-or-self::*[* and text()[normalize-space()]])")
