@@ -61,20 +61,12 @@ def is_stale_temp(name: str) -> bool:
     return not (pid.isdigit() and hostenv.pid_alive(int(pid)))
 
 
-def read_regular(dir_fd: int, name: str, limit: int, display: Path) -> bytes:
+def read_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> bytes:
     """Read one regular file, at most ``limit`` bytes, or raise FormatError."""
-    try:  # a socket cannot even be opened: tell its type first
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    except OSError as e:
-        raise errors.FormatError(display, f"cannot be opened: {reason(e)}", codes.UNREADABLE) from e
-    if stat.S_ISSOCK(mode):
-        raise errors.FormatError(display, "is a socket, not a regular file", codes.NOT_REGULAR)
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise errors.FormatError(display, "is a symlink, not followed", codes.SYMLINK) from e
-        raise errors.FormatError(display, f"cannot be opened: {reason(e)}", codes.UNREADABLE) from e
+        raise _open_error(dir_fd, name, display, e) from e
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -82,7 +74,7 @@ def read_regular(dir_fd: int, name: str, limit: int, display: Path) -> bytes:
         if info.st_size > limit:
             raise errors.FormatError(display, f"is {info.st_size} bytes, over the {limit}-byte limit",
                                      codes.OVER_LIBVIRT_LIMIT)
-        data = _read_up_to(fd, limit + 1)
+        data = _read_up_to(fd, info.st_size, limit + 1)
     except OSError as e:
         raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
     finally:
@@ -92,8 +84,26 @@ def read_regular(dir_fd: int, name: str, limit: int, display: Path) -> bytes:
     return data
 
 
-def _read_up_to(fd: int, size: int) -> bytes:
-    chunks = []
+def _open_error(dir_fd: int, name: str, display: Path | str, error: OSError) -> errors.FormatError:
+    if error.errno == errno.ELOOP:
+        return errors.FormatError(display, "is a symlink, not followed", codes.SYMLINK)
+    if error.errno == errno.ENXIO:  # a socket cannot even be opened
+        try:
+            if stat.S_ISSOCK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return errors.FormatError(display, "is a socket, not a regular file", codes.NOT_REGULAR)
+        except OSError:
+            pass
+    return errors.FormatError(display, f"cannot be opened: {reason(error)}", codes.UNREADABLE)
+
+
+def _read_up_to(fd: int, expected: int, size: int) -> bytes:
+    """Up to ``size`` bytes; one read when the file is the ``expected`` size
+    (a short read of a regular file is its end)."""
+    first = os.read(fd, min(expected + 1, size))
+    if len(first) <= expected:
+        return first
+    chunks = [first]
+    size -= len(first)
     while size > 0:
         chunk = os.read(fd, min(size, 1 << 20))
         if not chunk:

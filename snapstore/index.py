@@ -2,13 +2,17 @@
 
     <state>/index/<kind>.<escaped domain>.json
     {"format": 1, "identity": [dev, ino, size, mtime_ns], "domain": …,
-     "current": …, "rows": [[name, parent, creation_time, state], …]}
+     "current": …, "rows": [[name, parent, creation_time, state], …],
+     "sources": {file name: [dev, ino, size, mtime_ns], …} or null}
 
 Rows are in the consolidated file's order (topological, canonical). The
 index is trusted only while the consolidated file's identity (device, inode,
 size, mtime) is the one recorded: every commit renames a new inode into
 place, so any change to the file, ours or an operator's, shows. A stale,
 missing or unreadable index is rebuilt from the file and never an error.
+"sources" records the identity of every entry of the libvirt folder the
+file was consolidated from, so an unchanged folder is recognised from one
+stat per file instead of a parse.
 It holds no secrets, but is written 0600 like everything else.
 """
 from __future__ import annotations
@@ -29,13 +33,16 @@ def identity(info: os.stat_result) -> Identity:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def encode(domain: str, current: str | None, rows: list[Row], of: Identity) -> bytes:
+Sources = dict[str, list[int]]
+
+
+def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sources: Sources | None = None) -> bytes:
     return json.dumps({"format": FORMAT, "identity": list(of), "domain": domain, "current": current,
-                       "rows": rows}, ensure_ascii=False, separators=(",", ":")).encode()
+                       "rows": rows, "sources": sources}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def read(index_path: Path, of: Identity, domain: str) -> tuple[str | None, list[Row]] | None:
-    """(current, rows) when the index describes exactly file ``of``, else None."""
+def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
+    """The index when it describes exactly file ``of``, else None."""
     try:
         with fsio.opened_dir(index_path.parent, missing_ok=True) as dir_fd:
             if dir_fd is None:
@@ -45,7 +52,7 @@ def read(index_path: Path, of: Identity, domain: str) -> tuple[str | None, list[
         return None
     if data.get("format") != FORMAT or data.get("identity") != list(of) or data.get("domain") != domain:
         return None
-    return data["current"], [tuple(row) for row in data["rows"]]
+    return data
 
 
 def write(index_path: Path, data: bytes) -> bool:

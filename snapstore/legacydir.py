@@ -23,7 +23,7 @@ class Remark:
     """Something odd but harmless to consolidation, with its check code."""
 
     code: str
-    path: Path
+    path: Path | str
     text: str
 
     def __str__(self) -> str:
@@ -100,8 +100,22 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
     return folder
 
 
+def sources(root: Path, domain: str) -> dict[str, list[int]] | None:
+    """(device, inode, size, mtime_ns) of every entry of a domain folder,
+    None when there is no folder: taken BEFORE reading, so a change made
+    while the folder is read shows as a difference next time."""
+    with fsio.opened_dir(domain_folder(root, domain), missing_ok=True) as dir_fd:
+        if dir_fd is None:
+            return None
+        found = {}
+        for name in os.listdir(dir_fd):
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            found[name] = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+        return found
+
+
 def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
-    display = folder.path / name
+    display = f"{folder.path}{os.sep}{name}"  # a string: a Path per file costs more than parsing it
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
         folder.notes.append(Remark(codes.LIBVIRT_TEMP, display, "libvirt temp left by an interrupted write, ignored"))
         folder.libvirt_temps.append(name)
@@ -124,7 +138,7 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
     folder.entries[name] = entry
 
 
-def _parsed(dir_fd: int, name: str, display: Path, kind: kinds.Kind, limit: int,
+def _parsed(dir_fd: int, name: str, display: str, kind: kinds.Kind, limit: int,
             cache: Cache | None) -> legacy.LegacyMoment:
     identity = _identity(dir_fd, name) if cache is not None else None
     if identity is not None and name in cache and cache[name][0] == identity:

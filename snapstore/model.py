@@ -87,7 +87,13 @@ class Tree:
         """Parents before children, siblings by creationTime then name.
 
         Moments caught in a cycle are never reached; validate() reports them.
+        A tree is not changed once built, so the order is computed once.
         """
+        if "_order" not in self.__dict__:
+            self.__dict__["_order"] = self._walk()
+        return list(self.__dict__["_order"])
+
+    def _walk(self) -> list[Moment]:
         children = self.children()
         order: list[Moment] = []
         stack = list(reversed(children.get(None, [])))
@@ -102,6 +108,13 @@ class Tree:
         return next((uuid for moment in self.moments for uuid in moment.uuids()), None)
 
     def validate(self, expected_uuid: str | None = None) -> list[Problem]:
+        """Every broken rule (computed once per expected uuid: a tree is not changed once built)."""
+        memo = self.__dict__.setdefault("_validated", {})
+        if expected_uuid not in memo:
+            memo[expected_uuid] = self._problems(expected_uuid)
+        return list(memo[expected_uuid])
+
+    def _problems(self, expected_uuid: str | None) -> list[Problem]:
         return [
             *self._name_problems(),
             *self._parent_problems(),

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from snapstore import codes, errors, fsio, index, kinds, lazy, limits, naming
 
@@ -94,11 +95,14 @@ class Store:
         _raise_problems(tree)
         return tree
 
-    def replace(self, tree: model.Tree, allow_empty: bool = False, dry_run: bool = False) -> bool:
+    def replace(self, tree: model.Tree, allow_empty: bool = False, dry_run: bool = False,
+                sources: index.Sources | None = None) -> bool:
         """Commit ``tree`` unless the file already holds it; True when written.
 
         Refuses to replace moments with an empty tree unless ``allow_empty``:
         an empty libvirt folder is how lost metadata looks after a reinstall.
+        ``sources``: identities of the legacy folder's entries the tree was
+        read from, recorded in the index (see unchanged()).
         """
         _raise_problems(tree)
         data = consolidated.format_consolidated(tree)
@@ -106,10 +110,19 @@ class Store:
             return self._needs_write(tree, data, allow_empty)
         with self.lock(tree.kind, tree.domain):
             if not self._needs_write(tree, data, allow_empty):
+                if sources is not None:
+                    self._write_index(tree, sources)
                 return False
             fsio.atomic_write(self.path(tree.kind, tree.domain), data)
-            self._write_index(tree)  # under the lock: no other commit can slip in
+            self._write_index(tree, sources)  # under the lock: no other commit can slip in
         return True
+
+    def unchanged(self, kind: kinds.Kind, domain: str, sources: index.Sources) -> dict[str, Any] | None:
+        """The index, when the file was consolidated from a folder whose entries
+        all still have the identities in ``sources``; else None."""
+        of = self._identity(self.path(kind, domain))
+        found = index.read(self.index_path(kind, domain), of, domain) if of is not None else None
+        return found if found is not None and found.get("sources") == sources else None
 
     def listing(self, kind: kinds.Kind, domain: str) -> tuple[str | None, list[index.Row]] | None:
         """(current, rows) for `list`: from the index while it matches the
@@ -120,7 +133,7 @@ class Store:
             return None
         found = index.read(self.index_path(kind, domain), before, domain)
         if found is not None:
-            return found
+            return found["current"], [tuple(row) for row in found["rows"]]
         tree = self.read_tree(kind, domain)
         if tree is None:
             return None
@@ -142,9 +155,10 @@ class Store:
             except OSError as e:
                 raise errors.FormatError(path, f"cannot be read: {fsio.reason(e)}", codes.UNREADABLE) from e
 
-    def _write_index(self, tree: model.Tree) -> None:
+    def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
         of = index.identity(os.stat(self.path(tree.kind, tree.domain), follow_symlinks=False))
-        index.write(self.index_path(tree.kind, tree.domain), index.encode(tree.domain, tree.current, _rows(tree), of))
+        index.write(self.index_path(tree.kind, tree.domain),
+                    index.encode(tree.domain, tree.current, _rows(tree), of, sources))
 
     def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
         old = self.read_bytes(tree.kind, tree.domain)

@@ -54,6 +54,10 @@ def run(args: argparse.Namespace, context: common.Context) -> int:
 
 def _consolidate(domain: str, kind: kinds.Kind, root: Path, store: store_.Store,
                  args: argparse.Namespace, context: common.Context) -> dict[str, Any]:
+    sources = legacydir.sources(root, domain)
+    known = store.unchanged(kind, domain, sources) if sources is not None else None
+    if known is not None:  # every file as it was at the last commit: nothing to parse
+        return _result(domain, kind, len(known["rows"]), known["current"], False, store, args, context)
     folder = legacydir.read_folder(root, kind, domain, context.config.max_legacy_bytes)
     for note in folder.notes:
         context.warn(str(note))
@@ -61,11 +65,18 @@ def _consolidate(domain: str, kind: kinds.Kind, root: Path, store: store_.Store,
     if problems:
         raise errors.TreeError(domain, problems)
     tree = folder.tree()
-    changed = store.replace(tree, allow_empty=args.allow_empty, dry_run=args.dry_run)
+    # Recorded only for a folder without remarks, so the shortcut never hides a warning.
+    changed = store.replace(tree, allow_empty=args.allow_empty, dry_run=args.dry_run,
+                            sources=None if folder.notes or args.dry_run else sources)
+    return _result(domain, kind, len(tree), tree.current, changed, store, args, context)
+
+
+def _result(domain: str, kind: kinds.Kind, count: int, current: str | None, changed: bool,
+            store: store_.Store, args: argparse.Namespace, context: common.Context) -> dict[str, Any]:
     path = store.path(kind, domain)
     if not args.json:
         verb = ("would write" if args.dry_run else "written to") if changed else "unchanged,"
-        current = f", current {common.printable(tree.current)!s}" if tree.current else ""
-        context.say(f"{common.printable(domain)}: {len(tree)} {kind.plural}{current}: {verb} {path}")
-    return {"domain": domain, "kind": kind.name, "count": len(tree), "current": tree.current,
+        named = f", current {common.printable(current)}" if current else ""
+        context.say(f"{common.printable(domain)}: {count} {kind.plural}{named}: {verb} {path}")
+    return {"domain": domain, "kind": kind.name, "count": count, "current": current,
             "changed": changed, "path": str(path)}
