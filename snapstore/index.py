@@ -3,7 +3,8 @@
     <state>/index/<kind>.<escaped domain>.json
     {"format": 1, "identity": [dev, ino, size, mtime_ns], "domain": …,
      "current": …, "rows": [[name, parent, creation_time, state], …],
-     "sources": {file name: [dev, ino, size, mtime_ns], …} or null}
+     "sources": {file name: [dev, ino, size, mtime_ns], …} or null,
+     "uuid": the embedded domain uuid or null}
 
 Rows are in the consolidated file's order (topological, canonical). The
 index is trusted only while the consolidated file's identity (device, inode,
@@ -36,9 +37,11 @@ def identity(info: os.stat_result) -> Identity:
 Sources = dict[str, list[int]]
 
 
-def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sources: Sources | None = None) -> bytes:
+def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sources: Sources | None = None,
+           uuid: str | None = None) -> bytes:
     return json.dumps({"format": FORMAT, "identity": list(of), "domain": domain, "current": current,
-                       "rows": rows, "sources": sources}, ensure_ascii=False, separators=(",", ":")).encode()
+                       "rows": rows, "sources": sources, "uuid": uuid},
+                      ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
@@ -50,7 +53,8 @@ def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
             data: dict[str, Any] = json.loads(fsio.read_regular(dir_fd, index_path.name, 1 << 30, index_path))
     except (errors.SnapstoreError, ValueError):
         return None
-    if data.get("format") != FORMAT or data.get("identity") != list(of) or data.get("domain") != domain:
+    if data.get("format") != FORMAT or data.get("identity") != list(of) or data.get("domain") != domain \
+            or "uuid" not in data:
         return None
     return data
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -125,23 +126,28 @@ class Store:
         return found if found is not None and found.get("sources") == sources else None
 
     def listing(self, kind: kinds.Kind, domain: str) -> tuple[str | None, list[index.Row]] | None:
-        """(current, rows) for `list`: from the index while it matches the
-        file, else from the file itself (and the index is rebuilt)."""
+        """(current, rows) for `list`."""
+        found = self.summary(kind, domain)
+        return (found["current"], [tuple(row) for row in found["rows"]]) if found is not None else None
+
+    def summary(self, kind: kinds.Kind, domain: str) -> dict[str, Any] | None:
+        """The index of the committed file (current, rows, uuid), None when there
+        is no file: from the index while it matches the file, else from the
+        file itself (and the index is rebuilt)."""
         path = self.path(kind, domain)
         before = self._identity(path)
         if before is None:
             return None
         found = index.read(self.index_path(kind, domain), before, domain)
         if found is not None:
-            return found["current"], [tuple(row) for row in found["rows"]]
+            return found
         tree = self.read_tree(kind, domain)
         if tree is None:
             return None
-        rows = _rows(tree)
-        after = self._identity(path)
-        if after == before:  # else the file changed while read: do not record a mix
-            index.write(self.index_path(kind, domain), index.encode(domain, tree.current, rows, after))
-        return tree.current, rows
+        data = index.encode(domain, tree.current, _rows(tree), before, uuid=tree.uuid())
+        if self._identity(path) == before:  # else the file changed while read: do not record a mix
+            index.write(self.index_path(kind, domain), data)
+        return json.loads(data)
 
     def _identity(self, path: Path) -> index.Identity | None:
         """The store file's identity, None when absent; the folder must be usable."""
@@ -158,7 +164,7 @@ class Store:
     def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
         of = index.identity(os.stat(self.path(tree.kind, tree.domain), follow_symlinks=False))
         index.write(self.index_path(tree.kind, tree.domain),
-                    index.encode(tree.domain, tree.current, _rows(tree), of, sources))
+                    index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
 
     def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
         old = self.read_bytes(tree.kind, tree.domain)

@@ -43,7 +43,8 @@ class Service:
         self.notifier.ready(self.sync.status())
         log.info("ready: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
         next_reconcile = self.clock() + self.settings.reconcile_interval
-        next_ping = self.clock()
+        # No watchdog: no ping deadline (a past one would make the loop spin).
+        next_ping = self.clock() if self.notifier.watchdog_interval else float("inf")
         while True:
             now = self.clock()
             if self.notifier.watchdog_interval and now >= next_ping:

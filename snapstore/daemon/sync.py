@@ -135,11 +135,11 @@ class Synchronizer:
         recreated = state.folder is not None and state.folder != folder.identity
         if state.folder is not None and not recreated:
             return None not in (state.uuid, tree.uuid()) and state.uuid != tree.uuid()
-        old = self.store.read_tree(*key)
-        if old is None or not old.moments:
+        old = self.store.summary(*key)  # the index: no parse of the whole file at start
+        if old is None or not old["rows"]:
             return False
-        other_uuid = None not in (old.uuid(), tree.uuid()) and old.uuid() != tree.uuid()
-        return other_uuid or (recreated and not set(old.by_name) <= set(tree.by_name))
+        other_uuid = None not in (old["uuid"], tree.uuid()) and old["uuid"] != tree.uuid()
+        return other_uuid or (recreated and not {row[0] for row in old["rows"]} <= set(tree.by_name))
 
     def _guard(self, key: Key, state: DomainState, tree: model.Tree) -> Outcome | None:
         """Keep a store file whose moments libvirt no longer has.
@@ -191,10 +191,10 @@ class Synchronizer:
 
     def _held(self, key: Key) -> int:
         try:
-            tree = self.store.read_tree(*key)
+            found = self.store.summary(*key)
         except errors.SnapstoreError:
             return 1  # unreadable: treat as holding something, never overwrite blindly
-        return len(tree) if tree else 0
+        return len(found["rows"]) if found else 0
 
     def _unsettled(self, key: Key, state: DomainState, problems: list[str]) -> Outcome:
         kind, domain = key

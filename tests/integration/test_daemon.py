@@ -605,3 +605,20 @@ def test_inotify_overflow_triggers_a_full_rescan(lab: Lab, state: Path, start: S
     for i in range(200):
         (noise / f"noise{i}.txt").unlink()
     assert_follows(lab, state, "vm1", daemon, "a snapshot while events overflowed")
+
+
+def test_idle_daemon_sleeps(lab: Lab, state: Path, start: Start) -> None:
+    """Without WATCHDOG_USEC the loop must still block (it once spun at ~90% CPU)."""
+    lab.run([{"op": "define", "domain": "vm1"}, snap("vm1", "a")])
+    daemon = start()
+    daemon.wait_ready()
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    before, started = cpu_seconds(), time.monotonic()
+    observe(daemon, 2.0)
+    used = (cpu_seconds() - before) / (time.monotonic() - started)
+    assert used < 0.05, f"idle daemon used {used:.0%} of a CPU"
