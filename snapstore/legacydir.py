@@ -64,8 +64,9 @@ class LegacyFolder:
 
 
 def domain_folder(root: Path, domain: str) -> Path:
-    if naming.file_name_problem(domain):
-        raise errors.UnknownDomain(domain=domain, reason=f"no libvirt folder can hold it ({naming.file_name_problem(domain)})")
+    problem = naming.file_name_problem(domain) or naming.xml_problem(domain)
+    if problem:
+        raise errors.UnknownDomain(domain=domain, reason=f"snapstore cannot hold this domain ({problem})")
     return root / domain
 
 
@@ -109,7 +110,11 @@ def sources(root: Path, domain: str) -> dict[str, list[int]] | None:
             return None
         found = {}
         for name in os.listdir(dir_fd):
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile (libvirt deleting a snapshot)
+                found[name] = []
+                continue
             found[name] = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
         return found
 
@@ -183,6 +188,9 @@ def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
     Files the tree does not hold are refused unless ``prune``; every file
     replaced or pruned is first copied to ``attic`` (nothing is lost).
     """
+    bad = unstorable_names(tree)
+    if bad:  # checked here too: a name is joined into a path below
+        raise errors.Refused(domain=tree.domain, reason=f"cannot be libvirt file names: {', '.join(bad)}")
     files = format_files(tree)
     path = domain_folder(root, tree.domain)
     existing = _existing_files(path, limit)
@@ -231,9 +239,17 @@ def _canonical_file(data: bytes, kind: kinds.Kind) -> bytes | None:
 
 
 def _keep_in_attic(path: Path, existing: dict[str, bytes], attic: Path, tree: model.Tree) -> Path:
+    """A whole copy, or none: built under a temp name (swept if we die), then renamed."""
     kept = attic / naming.attic_name(tree.kind.plural, tree.domain, ".folder")
     with fsio.opened_dir(attic) as attic_fd:
-        _write_folder(attic_fd, kept.name, existing)
+        temp = fsio.temp_name()
+        try:
+            _write_folder(attic_fd, temp, existing)
+            os.rename(temp, kept.name, src_dir_fd=attic_fd, dst_dir_fd=attic_fd)
+            os.fsync(attic_fd)
+        except OSError as e:
+            _remove_quietly(attic_fd, temp)
+            raise errors.WriteError(path=kept, reason=fsio.reason(e)) from e
     return kept
 
 

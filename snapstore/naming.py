@@ -47,6 +47,16 @@ def attic_name(plural: str, domain: str, suffix: str) -> str:
     return f"{plural}.{escape_domain(domain)}.{stamp}-{os.urandom(3).hex()}{suffix}"
 
 
+def xml_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an XML attribute value (control characters,
+    undecodable bytes), or None: libvirt itself could not have written it."""
+    for char in name:
+        code = ord(char)
+        if (code < 0x20 and char not in "\t\n\r") or 0xD800 <= code <= 0xDFFF or code in (0xFFFE, 0xFFFF):
+            return f"name holds the character {char!r}, which XML cannot carry"
+    return None
+
+
 def legacy_file_name(name: str) -> str:
     return name + ".xml"
 

@@ -15,6 +15,8 @@ import errno
 import fcntl
 import json
 import os
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,7 @@ class Store:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.read_limit = read_limit
+        self._held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / kind.plural / (naming.escape_domain(domain) + ".xml")
@@ -56,9 +59,8 @@ class Store:
             if folder != self.root and folder.is_symlink():
                 raise errors.EnvironmentProblem(path=folder, reason="is a symlink, not followed")
         if sweep:
-            for kind in kinds.ALL:
-                fsio.sweep_temps(self.root / kind.plural)
-            fsio.sweep_temps(self.root / "attic")
+            for name in (*(kind.plural for kind in kinds.ALL), "attic", "index"):
+                fsio.sweep_temps(self.root / name)
 
     def domains(self, kind: kinds.Kind) -> list[str]:
         folder = self.root / kind.plural
@@ -70,9 +72,24 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self, kind: kinds.Kind, domain: str, exclusive: bool = True) -> Iterator[None]:
+        """The domain's lock, re-entrant within one thread: a caller holds it
+        from reading libvirt's folder to the commit, and the commit takes it
+        again (a second flock of the same file in one process would block)."""
         path = self.root / "locks" / f"{kind.plural}.{naming.escape_domain(domain)}.lock"
+        key = (threading.get_ident(), path)
+        if key in self._held:
+            self._held[key] += 1
+            try:
+                yield
+            finally:
+                self._held[key] -= 1
+            return
         with _flocked(path, exclusive, self.lock_timeout):
-            yield
+            self._held[key] = 1
+            try:
+                yield
+            finally:
+                del self._held[key]
 
     def read_bytes(self, kind: kinds.Kind, domain: str) -> bytes | None:
         path = self.path(kind, domain)
@@ -208,9 +225,12 @@ def _flocked(path: Path, exclusive: bool, timeout: float) -> Iterator[None]:
     try:
         # Read-only is enough for flock, and lets the service's dynamic user
         # (CAP_DAC_READ_SEARCH) lock a file root's commands created.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise errors.EnvironmentProblem(path=path, reason=f"cannot open lock file: {fsio.reason(e)}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO put there must not block us
+        os.close(fd)
+        raise errors.EnvironmentProblem(path=path, reason="lock file is not a regular file")
     try:
         _acquire(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, path, timeout)
         yield

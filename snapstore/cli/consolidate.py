@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ def run(args: argparse.Namespace, context: common.Context) -> int:
 
 def _consolidate(domain: str, kind: kinds.Kind, root: Path, store: store_.Store,
                  args: argparse.Namespace, context: common.Context) -> dict[str, Any]:
+    # Held from reading the folder to the commit: a run that waited for the
+    # lock must not commit the folder as it was before it waited.
+    with contextlib.nullcontext() if args.dry_run else store.lock(kind, domain):
+        return _consolidate_locked(domain, kind, root, store, args, context)
+
+
+def _consolidate_locked(domain: str, kind: kinds.Kind, root: Path, store: store_.Store,
+                        args: argparse.Namespace, context: common.Context) -> dict[str, Any]:
     sources = legacydir.sources(root, domain)
     known = store.unchanged(kind, domain, sources) if sources is not None else None
     if known is not None:  # every file as it was at the last commit: nothing to parse

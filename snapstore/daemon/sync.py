@@ -84,7 +84,8 @@ class Synchronizer:
             return Outcome.ABSENT
         state = self.domains.setdefault(key, DomainState())
         try:
-            outcome = self._sync(key, state, at_start)
+            with self.store.lock(kind, domain):  # from reading the folder to the commit
+                outcome = self._sync(key, state, at_start)
         except (errors.SnapstoreError, OSError) as e:
             state.failures += 1
             log.error("%s %s: %s (retrying)", kind.name, domain, e, extra=logs.fields(logs.FAILED, domain))

@@ -53,9 +53,9 @@ def format_legacy(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes
         saved = last.tail if last is not None else element.text
         marker = etree.SubElement(element, "active")
         marker.text, marker.tail = ("1" if active else "0"), "\n"
-        if last is not None:
+        if last is not None and not (saved or "").strip():
             last.tail = "\n  "
-        else:
+        elif last is None and not (saved or "").strip():
             element.text = "\n  "
         try:
             body = xmlsafe.serialize(element)
@@ -84,10 +84,19 @@ def _pop_active(root: etree._Element, source: str) -> bool:
 
 
 def _remove_keeping_tail(node: etree._Element) -> None:
+    """Remove ``node``; text on both sides of it is joined, indentation dropped."""
     parent = node.getparent()
     previous = node.getprevious()
-    if previous is not None:
-        previous.tail = node.tail
+    before = previous.tail if previous is not None else parent.text
+    after = node.tail or ""
+    if not (before or "").strip():
+        joined = after  # indentation before the marker: the closing indentation after it wins
+    elif not after.strip():
+        joined = before  # text before, only indentation after
     else:
-        parent.text = node.tail
+        joined = before + after
+    if previous is not None:
+        previous.tail = joined
+    else:
+        parent.text = joined
     parent.remove(node)

@@ -330,7 +330,9 @@ def test_every_committed_version_is_consistent(lab: Lab, state: Path, start: Sta
         assert tree.validate() == [], f"committed version {index} is inconsistent: {tree.validate()}\n{data.decode()}"
         assert len({m.name for m in tree.moments}) == len(tree.moments)
     committed = committed_lines(daemon)
-    assert len(recorder.versions) == committed, (
+    # The recorder polls: two commits closer than one poll show as one. It must
+    # still have seen nearly all of them, or the check above proves little.
+    assert committed * 0.8 <= len(recorder.versions) <= committed, (
         f"the test saw {len(recorder.versions)} versions, the daemon logged {committed} commits")
     # The burst changed the state 14 times; the store followed through several of them.
     assert committed >= 3, daemon.stderr()
