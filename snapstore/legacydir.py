@@ -193,6 +193,8 @@ def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
         raise errors.Refused(domain=tree.domain, reason=f"cannot be libvirt file names: {', '.join(bad)}")
     files = format_files(tree)
     path = domain_folder(root, tree.domain)
+    if not dry_run and root.is_dir():
+        fsio.sweep_temps(root)  # a folder swapped out by a run that died, before any early return
     existing = _existing_files(path, limit)
     extras = sorted(set(existing or {}) - set(files))
     if extras and not prune:
@@ -267,7 +269,6 @@ def _write_folder(parent_fd: int, name: str, files: dict[str, bytes]) -> None:
 
 def _swap_in(root: Path, name: str, files: dict[str, bytes]) -> None:
     """Build the folder under a temp name beside it, then swap it in atomically."""
-    fsio.sweep_temps(root)
     with fsio.opened_dir(root) as root_fd:
         temp = fsio.temp_name()
         try:

@@ -96,9 +96,13 @@ class Tree:
     def _walk(self) -> list[Moment]:
         children = self.children()
         order: list[Moment] = []
+        seen: set[int] = set()  # a duplicated name may be its own child: visit each moment once
         stack = list(reversed(children.get(None, [])))
         while stack:
             moment = stack.pop()
+            if id(moment) in seen:
+                continue
+            seen.add(id(moment))
             order.append(moment)
             stack.extend(reversed(children.get(moment.name, [])))
         return order

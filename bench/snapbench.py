@@ -1,0 +1,1174 @@
+"""snapstore measured side by side with libvirt's own tools (issue 7). Run it as bench/run.
+
+Data: a domain of real shape (two qcow2 disks, two NICs, q35 with libvirt's
+controllers, VNC with a password) is defined on the system libvirtd for
+every size N; its first snapshot is real (qemu-img internal snapshots of both
+disks), the other N-1 are REDEFINEd from libvirt's own XML of it, so libvirtd
+writes its real per-snapshot files. Tree shape: chains of 10; each chain forks
+off the start of the chain ten chains back (depth ~ N/100 + 10); the last
+snapshot is current. Every domain it defines (names snapbench-<pid>-<hex>-…),
+daemon it starts and file it writes is removed at the end, on failure too;
+libvirtd is left running.
+
+Each figure is the median of repeated runs, commands interleaved round-robin
+with the baselines they are compared with, process start included.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENV = REPO / ".venv" / "bin"
+SNAPSTORE = VENV / "snapstore"
+PYTHON = VENV / "python"
+sys.path.insert(0, str(REPO / "tests"))
+
+import libvirt  # noqa: E402
+from lxml import etree  # noqa: E402
+
+import daemonproc  # noqa: E402  real snapstore daemon + notify socket (tests' helper)
+import lab  # noqa: E402  embedded libvirt roots through labworker subprocesses
+import labworker  # noqa: E402
+
+SYSTEM_URI = "qemu:///system"
+SNAPSHOT_ROOT = Path("/var/lib/libvirt/qemu/snapshot")
+CHECKPOINT_ROOT = Path("/var/lib/libvirt/qemu/checkpoint")
+PIDFILE = Path("/run/libvirt/libvirtd.pid")
+PREFIX = "snapbench-"
+DESCRIPTION = "bench snapshot"
+SEGMENT = 10
+MIB = 1024 * 1024
+
+
+def unit_watchdog_usec() -> int:
+    """WatchdogSec= of the shipped unit: the daemon is measured as systemd runs it."""
+    found = re.search(r"^WatchdogSec=(\d+)s?$", (REPO / "systemd" / "snapstore.service").read_text(), re.M)
+    return int(found.group(1)) * 1_000_000 if found else 30_000_000
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# --- cleanup -------------------------------------------------------------------------------------
+
+
+class Cleanup:
+    """Undo actions: the ``first`` ones in order (stop daemons, bring libvirtd
+    back), then the others last-in first-out; one failing never stops the rest."""
+
+    def __init__(self) -> None:
+        self._first: list[tuple[str, Callable[[], Any]]] = []
+        self._stack: list[tuple[str, Callable[[], Any]]] = []
+
+    def push(self, what: str, action: Callable[[], Any], first: bool = False) -> None:
+        (self._first if first else self._stack).append((what, action))
+
+    def run(self) -> None:
+        todo = self._first + self._stack[::-1]
+        self._first, self._stack = [], []
+        for what, action in todo:
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001 - report and go on with the rest
+                say(f"cleanup: {what}: {type(e).__name__}: {e}")
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that cleans up
+
+
+# --- the system libvirtd ------------------------------------------------------------------------
+
+
+class System:
+    """One connection to the system libvirtd, reopened after a restart."""
+
+    def __init__(self) -> None:
+        self._conn: libvirt.virConnect | None = None
+        self.stopped_by_us = False
+
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                if self._conn.isAlive():
+                    return self._conn
+        self._conn = libvirt.open(SYSTEM_URI)
+        return self._conn
+
+    def forget(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+        self._conn = None
+
+    def undefine(self, name: str) -> None:
+        try:
+            dom = self.conn().lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                          | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+
+    def libvirtd_pid(self) -> int | None:
+        try:
+            pid = int(PIDFILE.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def stop_libvirtd(self) -> None:
+        pid = self.libvirtd_pid()
+        self.forget()
+        if pid is None:
+            return
+        self.stopped_by_us = True
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.02)
+
+    def start_libvirtd(self) -> float:
+        """Start libvirtd; seconds until `virsh list` answers (its process start included)."""
+        started = time.perf_counter()
+        subprocess.run(["libvirtd", "-d", "-p", str(PIDFILE)], check=True, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while subprocess.run(["virsh", "-c", SYSTEM_URI, "list"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("libvirtd did not answer within 300 s")
+            time.sleep(0.005)
+        return time.perf_counter() - started
+
+    def ensure_running(self) -> None:
+        if self.libvirtd_pid() is None:
+            subprocess.run([str(REPO / "scripts" / "libvirtd")], check=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# --- data of real shape -------------------------------------------------------------------------
+
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <title>benchmark web server</title>
+  <description>snapstore benchmark domain</description>
+  <memory unit='MiB'>1024</memory>
+  <currentMemory unit='MiB'>1024</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>
+  <clock offset='utc'><timer name='rtc' tickpolicy='catchup'/><timer name='pit' tickpolicy='delay'/>
+    <timer name='hpet' present='no'/></clock>
+  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
+  <pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='no'/></pm>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file='{disk0}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{disk1}'/><target dev='vdb' bus='virtio'/></disk>
+    <interface type='network'><mac address='{mac0}'/><source network='default'/><model type='virtio'/></interface>
+    <interface type='network'><mac address='{mac1}'/><source network='default'/><model type='e1000e'/></interface>
+    <serial type='pty'><target type='isa-serial' port='0'><model name='isa-serial'/></target></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <input type='tablet' bus='usb'/>
+    <graphics type='vnc' port='-1' autoport='yes' passwd='bench123'><listen type='address'/></graphics>
+    <video><model type='virtio' heads='1' primary='yes'/></video>
+    <memballoon model='virtio'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>
+"""
+
+
+def domain_xml(name: str, uuid: str, images: Path) -> str:
+    disks = []
+    for index in range(2):
+        image = images / f"{name}-{index}.qcow2"
+        if not image.exists():
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+        disks.append(str(image))
+    octets = uuidlib.UUID(uuid).bytes
+    macs = [f"52:54:00:{octets[0]:02x}:{octets[1]:02x}:{index:02x}" for index in range(2)]
+    return DOMAIN_XML.format(name=name, uuid=uuid, disk0=disks[0], disk1=disks[1], mac0=macs[0], mac1=macs[1])
+
+
+def snapshot_name(index: int) -> str:
+    return f"auto-{index:05d}"
+
+
+def parent_index(index: int) -> int | None:
+    """Chains of SEGMENT; a chain's first snapshot forks off the first of the
+    chain SEGMENT chains back (the root for the first few)."""
+    if index == 0:
+        return None
+    if index % SEGMENT:
+        return index - 1
+    return max(0, index - SEGMENT * SEGMENT)
+
+
+def first_snapshot_xml(name: str) -> str:
+    return f"<domainsnapshot><name>{name}</name><description>{DESCRIPTION}</description></domainsnapshot>"
+
+
+def redefinitions(template: etree._Element, count: int) -> list[tuple[str, str]]:
+    """(name, XML) of snapshots 1..count-1, made from libvirt's XML of snapshot 0."""
+    created = int(template.findtext("creationTime"))
+    return [(snapshot_name(i), labworker.renamed(template, snapshot_name(i), snapshot_name(parent_index(i)),
+                                                 created + 60 * i))
+            for i in range(1, count)]
+
+
+@dataclasses.dataclass
+class Domain:
+    name: str
+    uuid: str
+    xml: str
+    count: int
+    build_seconds: float = 0.0
+
+    @property
+    def folder(self) -> Path:
+        return SNAPSHOT_ROOT / self.name
+
+    @property
+    def current(self) -> str:
+        return snapshot_name(self.count - 1)
+
+
+def build_domain(system: System, cleanup: Cleanup, images: Path, name: str, count: int) -> Domain:
+    """Define NAME on the system libvirtd with COUNT snapshots (one real, the rest REDEFINEd)."""
+    uuid = str(uuidlib.uuid4())
+    domain = Domain(name, uuid, domain_xml(name, uuid, images), count)
+    cleanup.push(f"undefine {name}", lambda: system.undefine(name))
+    conn = system.conn()
+    dom = conn.defineXML(domain.xml)
+    started = time.perf_counter()
+    dom.snapshotCreateXML(first_snapshot_xml(snapshot_name(0)), 0)
+    template = etree.fromstring(dom.snapshotLookupByName(snapshot_name(0))
+                                .getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE).encode())
+    for i, (snap, xml) in enumerate(redefinitions(template, count), start=1):
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+        if i == count - 1:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+        dom.snapshotCreateXML(xml, flags)
+        if i % 1000 == 0:
+            say(f"  {name}: {i}/{count} snapshots ({time.perf_counter() - started:.0f} s)")
+    domain.build_seconds = time.perf_counter() - started
+    files = list(domain.folder.glob("*.xml"))
+    if len(files) != count:
+        raise RuntimeError(f"{domain.folder} holds {len(files)} files, expected {count}")
+    return domain
+
+
+# --- running and timing commands ----------------------------------------------------------------
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Sample:
+    seconds: float
+    maxrss_kib: int = 0
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run_timed(argv: list[str], ok: tuple[int, ...] = (0,), capture: bool = False) -> Sample:
+    """One run of a command, process start included.
+
+    No peak RSS here: a child's ru_maxrss includes its parent's high-water
+    mark (spawned by vfork, exec accounts the old mm); see peak_rss_mib()."""
+    with open(os.devnull, "wb") as null, \
+            tempfile.TemporaryFile() as err, \
+            (tempfile.TemporaryFile() if capture else contextlib.nullcontext(null)) as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status = os.waitpid(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        if code not in ok:
+            err.seek(0)
+            raise CommandFailed(f"{' '.join(argv)} exited {code}: {err.read().decode(errors='replace')[-1500:]}")
+        extra = {}
+        if capture:
+            out.seek(0)
+            extra["stdout"] = out.read()
+    return Sample(seconds, 0, extra)
+
+
+def peak_rss_mib(argv: list[str], ok: tuple[int, ...] = (0,)) -> float:
+    """Peak RSS of one run, from GNU time (a small parent, so only the command's own)."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        run_timed(["/usr/bin/time", "-f", "%M", "-o", report.name, *argv], ok)
+        return int(report.read().split()[-1]) / 1024
+
+
+@dataclasses.dataclass
+class Case:
+    label: str
+    run: Callable[[], Sample]
+    prepare: Callable[[], Any] | None = None
+    warmup: bool = True
+
+
+def measure(cases: list[Case], repeats: int, long_repeats: int, long_after: float = 2.0) -> dict[str, dict]:
+    """Median of repeated runs, the cases interleaved round-robin; a case whose
+    first run takes over long_after seconds is repeated long_repeats times."""
+    samples: dict[str, list[Sample]] = {case.label: [] for case in cases}
+    wanted = {case.label: repeats for case in cases}
+    for case in cases:
+        if case.prepare:
+            case.prepare()
+        first = case.run()
+        if not case.warmup:
+            samples[case.label].append(first)
+        if first.seconds > long_after:
+            wanted[case.label] = max(1, min(repeats, long_repeats))
+    for _ in range(max(wanted.values())):
+        for case in cases:
+            if len(samples[case.label]) < wanted[case.label]:
+                if case.prepare:
+                    case.prepare()
+                samples[case.label].append(case.run())
+    return {label: stats(found) for label, found in samples.items()}
+
+
+def stats(samples: list[Sample]) -> dict[str, Any]:
+    seconds = [s.seconds for s in samples]
+    result = {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds),
+              "n": len(seconds), "samples": [round(s, 6) for s in seconds]}
+    rss = [s.maxrss_kib for s in samples if s.maxrss_kib]
+    if rss:
+        result["maxrss_mib"] = statistics.median(rss) / 1024
+    for key in sorted({key for s in samples for key in s.extra if key != "stdout"}):
+        values = [s.extra[key] for s in samples if key in s.extra]
+        result[key] = statistics.median(values) if all(isinstance(v, (int, float)) for v in values) else values
+    return result
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, cleanup: Cleanup) -> None:
+        self.args = args
+        self.cleanup = cleanup
+        self.system = System()
+        self.tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}"
+        self.work = Path(args.workdir) / self.tag
+        self.work.mkdir(parents=True)
+        cleanup.push(f"remove {self.work}", lambda: shutil.rmtree(self.work))
+        # `python -m snapstore` (profiles) puts the cwd first on sys.path: not the repository's.
+        os.chdir(self.work)
+        cleanup.push("leave the work folder", lambda: os.chdir("/"))
+        self.images = self.work / "images"
+        self.images.mkdir()
+        self.config = self.work / "snapstore.toml"
+        daemonproc.write_config(self.config, quiet_period=args.quiet_period)
+        self.state = self.work / "state"
+        self.domains: dict[int, Domain] = {}
+        self.results: dict[str, Any] = {"errors": []}
+        self.rows: list[dict[str, Any]] = []
+        self.daemons: list[daemonproc.Daemon] = []
+        cleanup.push("stop daemons", self._stop_daemons, first=True)
+        cleanup.push("leave libvirtd running", self.system.ensure_running, first=True)
+
+    # --- helpers ---
+
+    def snapstore(self, *args: str, state: Path | None = None, libvirt_dir: Path = SNAPSHOT_ROOT,
+                  checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
+        return [str(SNAPSTORE), "--config", str(self.config), "--libvirt-dir", str(libvirt_dir),
+                "--checkpoint-dir", str(checkpoint_dir), "--state-dir", str(state or self.state), *args]
+
+    def row(self, section: str, what: str, n: int | None, value: float | None, unit: str = "s",
+            baseline: str = "", base_value: float | None = None, ratio: float | None = None,
+            target: str = "", passed: bool | None = None, faster: bool = False) -> None:
+        """One line of the table; ``ratio`` is value/baseline, or with ``faster`` baseline/value."""
+        self.rows.append({"section": section, "what": what, "n": n, "value": value, "unit": unit,
+                          "baseline": baseline, "baseline_value": base_value, "ratio": ratio,
+                          "ratio_is_speedup": faster, "target": target, "pass": passed})
+
+    def error(self, section: str, e: BaseException) -> None:
+        say(f"{section}: FAILED: {type(e).__name__}: {e}")
+        self.results["errors"].append({"section": section, "error": f"{type(e).__name__}: {e}"})
+        self.row(section, f"ERROR {type(e).__name__} (see stderr and the JSON)", None, None)
+
+    def freeze_code(self) -> dict[str, Any]:
+        """Run every snapstore process on one version of the code, whatever is
+        edited meanwhile: a copy of the working tree (or of HEAD) taken now,
+        first on PYTHONPATH (ahead of the venv's editable install)."""
+        mode = self.args.code
+        if mode == "live":
+            return {"code": "live working tree (not frozen)"}
+        code = self.work / "code"
+        if mode == "head":
+            code.mkdir()
+            archive = subprocess.run(["git", "archive", "HEAD", "snapstore"], cwd=REPO, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+        else:
+            shutil.copytree(REPO / "snapstore", code / "snapstore", ignore=shutil.ignore_patterns("__pycache__"))
+        digest = hashlib.sha256()
+        for path in sorted((code / "snapstore").rglob("*.py")):
+            digest.update(str(path.relative_to(code)).encode() + b"\0" + path.read_bytes())
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
+        return {"code": f"{'HEAD' if mode == 'head' else 'working tree'} frozen at start",
+                "code_sha256": digest.hexdigest()[:16]}
+
+    def _stop_daemons(self) -> None:
+        while self.daemons:
+            self.daemons.pop().close()
+
+    def start_daemon(self, libvirt_root: Path, state: Path, label: str,
+                     watchdog: bool = True) -> tuple[daemonproc.Daemon, float]:
+        """The real daemon with a notify socket (and WATCHDOG_USEC as the unit
+        sets it, unless not ``watchdog``); seconds from spawn to READY=1."""
+        started = time.monotonic()
+        daemon = daemonproc.Daemon(libvirt_root / "snapshot", libvirt_root / "checkpoint", state, self.config,
+                                   self.work / f"daemon-{label}.log",
+                                   watchdog_usec=unit_watchdog_usec() if watchdog else None)
+        self.daemons.append(daemon)
+        ready = daemon.wait_ready(timeout=900)
+        return daemon, ready.at - started
+
+    def stop_daemon(self, daemon: daemonproc.Daemon) -> None:
+        self.daemons.remove(daemon)
+        daemon.close()
+
+    def repeats(self, long: bool = False) -> int:
+        if long:
+            return self.args.long_repeats
+        return self.args.repeats
+
+    # --- data ---
+
+    def build(self) -> None:
+        sizes = sorted(set(self.args.sizes) | set(self.args.latency_sizes))
+        self.results["build"] = {}
+        for n in sizes:
+            say(f"building {n} snapshots on {SYSTEM_URI} (REDEFINE)…")
+            domain = build_domain(self.system, self.cleanup, self.images, f"{self.tag}-n{n}", n)
+            self.domains[n] = domain
+            sizes_ = [p.stat().st_size for p in domain.folder.glob("*.xml")]
+            self.results["build"][str(n)] = {
+                "domain": domain.name, "seconds": round(domain.build_seconds, 3),
+                "file_bytes_mean": round(statistics.mean(sizes_)), "folder_bytes": sum(sizes_)}
+            say(f"  {domain.name}: {n} snapshots in {domain.build_seconds:.1f} s, "
+                f"{statistics.mean(sizes_) / 1024:.1f} KiB per file")
+
+    # --- consolidate, check, list ---
+
+    def store_file(self, domain: Domain, state: Path | None = None) -> Path:
+        return (state or self.state) / "snapshots" / f"{domain.name}.xml"
+
+    def consolidate_section(self, n: int) -> None:
+        domain = self.domains[n]
+        store = self.store_file(domain)
+        floor_dir = self.work / "floor"
+        floor_file = floor_dir / f"{domain.name}.xml"
+        consolidate = self.snapstore("consolidate", domain.name)
+        cases = [
+            Case("consolidate", lambda: run_timed(consolidate),
+                 prepare=lambda: shutil.rmtree(self.state, ignore_errors=True)),  # derived files too
+            Case("consolidate unchanged", lambda: run_timed(consolidate)),
+            Case("check", lambda: run_timed(self.snapstore("check", domain.name, "--no-disks"), ok=(0, 1))),
+            Case("floor", lambda: self._floor([domain.folder], floor_dir),
+                 prepare=lambda: floor_file.unlink(missing_ok=True)),
+        ]
+        found = measure(cases, self.repeats(), self.repeats(long=True))
+        data = store.read_bytes()
+        held = data.count(b"<domainsnapshot>")
+        if held != n:
+            raise RuntimeError(f"{store} holds {held} snapshots, expected {n}")
+        found["store_bytes"] = len(data)
+        self.results.setdefault("consolidate", {})[str(n)] = found
+        floor = found["floor"]["median"]
+        gated = n >= 1000
+        for label, limit in (("consolidate", 1.5), ("consolidate unchanged", 1.0)):
+            value = found[label]["median"]
+            self.row("consolidate", f"snapstore {label}", n, value, baseline="floor", base_value=floor,
+                     ratio=value / floor, target=f"≤ {limit}× floor" if gated else "",
+                     passed=value / floor <= limit if gated else None)
+        self.row("consolidate", "snapstore check --no-disks", n, found["check"]["median"])
+
+    def _floor(self, folders: list[Path], out: Path) -> Sample:
+        sample = run_timed([str(PYTHON), str(HERE / "floor.py"), str(out), *map(str, folders)], capture=True)
+        sample.extra["in_process_seconds"] = json.loads(sample.extra["stdout"])["seconds"]
+        return sample
+
+    def list_section(self, n: int) -> None:
+        domain = self.domains[n]
+        virsh = ["virsh", "-c", SYSTEM_URI, "snapshot-list", domain.name]
+        commands = {
+            "snapstore list": self.snapstore("list", domain.name),
+            "snapstore list --tree": self.snapstore("list", domain.name, "--tree"),
+            "virsh snapshot-list": virsh,
+            "virsh snapshot-list --tree": [*virsh, "--tree"],
+            "virsh snapshot-list --name": [*virsh, "--name"],
+        }
+        self._check_listing(n, commands)
+        store = self.store_file(domain)
+        cases = [Case(label, lambda argv=argv: run_timed(argv)) for label, argv in commands.items()]
+        cases.append(Case("snapstore list, stale index", lambda: run_timed(commands["snapstore list"]),
+                          prepare=lambda: _recommit(store)))
+        found = measure(cases, self.repeats(), self.repeats(long=True))
+        self.results.setdefault("list", {})[str(n)] = found
+        target = {1000: 5.0, 10000: 20.0}.get(n)
+        for mine, theirs in (("snapstore list", "virsh snapshot-list"),
+                             ("snapstore list --tree", "virsh snapshot-list --tree")):
+            value, base = found[mine]["median"], found[theirs]["median"]
+            gated = target is not None and mine == "snapstore list"
+            self.row("list", mine, n, value, baseline=theirs, base_value=base, ratio=base / value,
+                     target=f"≥ {target:g}× faster" if gated else "",
+                     passed=base / value >= target if gated else None, faster=True)
+        self.row("list", "snapstore list, stale index", n, found["snapstore list, stale index"]
+                 ["median"], baseline="virsh snapshot-list", base_value=found["virsh snapshot-list"]["median"],
+                 ratio=found["virsh snapshot-list"]["median"] / found["snapstore list, stale index"]
+                 ["median"], faster=True)
+        self.row("list", "virsh snapshot-list --name (reference)", n, found["virsh snapshot-list --name"]["median"])
+
+    def _check_listing(self, n: int, commands: dict[str, list[str]]) -> None:
+        """Both sides really list N snapshots before they are timed."""
+        lines = run_timed(commands["snapstore list"], capture=True).extra["stdout"].decode().splitlines()
+        names = run_timed(commands["virsh snapshot-list --name"], capture=True).extra["stdout"].split()
+        if not n + 1 <= len(lines) <= n + 3 or len(names) != n:
+            raise RuntimeError(f"snapstore list shows {len(lines) - 2} rows, virsh {len(names)} names; expected {n}")
+
+    def scaling_rows(self) -> None:
+        """Time per snapshot from N=1000 to N=10000 grows by at most 1.3×."""
+        if not {1000, 10000} <= set(self.args.sizes):
+            return
+        for section, label in (("consolidate", "consolidate"), ("consolidate", "check"), ("list", "snapstore list")):
+            try:
+                small = self.results[section]["1000"][label]["median"] / 1000
+                large = self.results[section]["10000"][label]["median"] / 10000
+            except KeyError:
+                continue
+            self.row("scaling", f"{label}: time per snapshot", 10000, large * 1e6, unit="µs",
+                     baseline="same at N=1000", base_value=small * 1e6, ratio=large / small,
+                     target="≤ 1.3×", passed=large / small <= 1.3)
+
+    # --- transfer ---
+
+    def transfer_section(self) -> None:
+        count = self.args.transfer_count
+        name = f"{self.tag}-xfer"
+        uuid = str(uuidlib.uuid4())
+        xml = domain_xml(name, uuid, self.images)
+        source_lab = lab.Lab(self.work / "xfer-source")
+        source = source_lab.uri
+        say(f"transfer: {count} snapshots in the embedded root {source_lab.root}…")
+        view = source_lab.run([{"op": "define_xml", "xml": xml},
+                               {"op": "snapshot", "domain": name, "name": snapshot_name(0),
+                                "description": DESCRIPTION},
+                               {"op": "view", "domain": name}])[2]
+        template = etree.fromstring(view["xml"][snapshot_name(0)].encode())
+        steps = redefinitions(template, count)
+        source_lab.run([{"op": "redefine", "domain": name, "xml": text, "current": i == len(steps) - 1}
+                        for i, (_, text) in enumerate(steps)])
+        self.cleanup.push(f"undefine {name}", lambda: self.system.undefine(name))
+
+        def reset_target() -> None:
+            self.system.undefine(name)
+            self.system.conn().defineXML(xml)
+
+        def verified(sample: Sample) -> Sample:
+            dom = self.system.conn().lookupByName(name)
+            held, current = dom.snapshotNum(0), dom.snapshotCurrent().getName()
+            if held != count or current != snapshot_name(count - 1):
+                raise RuntimeError(f"target holds {held} snapshots, current {current}; expected {count}")
+            return sample
+
+        dump = self.work / "xfer-dump.xml"
+        transfer = self.snapstore("transfer", name, "--from", source, "--to", SYSTEM_URI, "-o", str(dump),
+                                  state=self.work / "xfer-state")
+
+        def api_loop() -> Sample:
+            sample = run_timed([str(PYTHON), str(HERE / "apiloop.py"), source, SYSTEM_URI, name], capture=True)
+            report = json.loads(sample.extra.pop("stdout"))
+            sample.extra.update(in_process_seconds=report["seconds"], redefine_seconds=report["redefine_seconds"])
+            return verified(sample)
+
+        cases = [
+            Case("snapstore transfer", lambda: verified(run_timed(transfer)), prepare=reset_target),
+            Case("API loop", api_loop, prepare=reset_target),
+            Case("virsh loop", lambda: verified(run_timed([str(HERE / "virsh-loop"), source, SYSTEM_URI, name])),
+                 prepare=reset_target, warmup=False),
+        ]
+        found = measure(cases, self.repeats(), self.repeats(long=True), long_after=5.0)
+        self.results["transfer"] = {"count": count, "source": "embedded root", "target": SYSTEM_URI, **found}
+        value = found["snapstore transfer"]["median"]
+        api, loop = found["API loop"]["median"], found["virsh loop"]["median"]
+        self.row("transfer", "snapstore transfer", count, value, baseline="API loop", base_value=api,
+                 ratio=value / api, target="≤ 1.5× API loop", passed=value / api <= 1.5)
+        self.row("transfer", "snapstore transfer", count, value, baseline="virsh loop", base_value=loop,
+                 ratio=loop / value, target="(issue: ≈15× faster)", faster=True)
+        self.row("transfer", "API loop: of which target REDEFINE", count, found["API loop"].get("redefine_seconds"))
+        self.system.undefine(name)
+
+    # --- daemon ---
+
+    def copy_roots(self, where: Path, domains: list[Domain]) -> Path:
+        """A private libvirt tree (snapshot/, checkpoint/) holding copies of these domains' folders."""
+        (where / "checkpoint").mkdir(parents=True)
+        for domain in domains:
+            shutil.copytree(domain.folder, where / "snapshot" / domain.name)
+        return where
+
+    def daemon_startup_section(self) -> None:
+        domains = [self.domains[n] for n in sorted(self.domains)]
+        total = sum(d.count for d in domains)
+        root = self.copy_roots(self.work / "daemon-all", domains)
+        state = self.work / "daemon-all-state"
+        folders = [root / "snapshot" / d.name for d in domains]
+
+        def start(label: str) -> Sample:
+            daemon, seconds = self.start_daemon(root, state, label)
+            status = daemon.notify.with_key("READY", "1")[0].fields.get("STATUS", "")
+            hwm = _vm_hwm_kib(daemon.pid)
+            self.stop_daemon(daemon)
+            if f"{total} snapshots" not in status:
+                raise RuntimeError(f"daemon READY with STATUS={status!r}, expected {total} snapshots")
+            return Sample(seconds, hwm)
+
+        cases = [
+            Case("daemon start (empty store)", lambda: start("cold"),
+                 prepare=lambda: shutil.rmtree(state, ignore_errors=True)),
+            Case("daemon start (store up to date)", lambda: start("warm")),
+            Case("floor over all domains", lambda: self._floor(folders, self.work / "floor-all")),
+        ]
+        found = measure(cases, self.repeats(), self.repeats(long=True), long_after=10.0)
+        found["domains"] = {d.name: d.count for d in domains}
+        self.results["daemon_start"] = found
+        floor = found["floor over all domains"]["median"]
+        for label in ("daemon start (empty store)", "daemon start (store up to date)"):
+            value = found[label]["median"]
+            self.row("daemon", f"{label} to READY=1", total, value, baseline="floor, all domains, one process",
+                     base_value=floor, ratio=value / floor, target="≤ 1.5× floor", passed=value / floor <= 1.5)
+        if self.args.restart_libvirtd:
+            self.libvirtd_startup(total)
+
+    def libvirtd_startup(self, total: int) -> None:
+        say("restarting the system libvirtd to time its start-up with the same snapshots…")
+        conn = self.system.conn()
+        held = sum(dom.snapshotNum(0) for dom in conn.listAllDomains())
+        samples = []
+        for _ in range(self.args.libvirtd_restarts):
+            self.system.stop_libvirtd()
+            samples.append(Sample(self.system.start_libvirtd()))
+        found = stats(samples)
+        found["snapshots_held"] = held
+        self.results["libvirtd_start"] = found
+        self.row("daemon", "libvirtd start until `virsh list` answers (reference)", held, found["median"])
+
+    def latency_section(self) -> None:
+        for n in self.args.latency_sizes:
+            self._latency(n, idle=n == max(self.args.latency_sizes))
+
+    def _latency(self, n: int, idle: bool) -> None:
+        domain = self.domains[n]
+        root = self.copy_roots(self.work / f"latency-{n}", [domain])
+        state = self.work / f"latency-{n}-state"
+        daemon, _ = self.start_daemon(root, state, f"latency-{n}")
+        store = self.store_file(domain, state)
+        folder = root / "snapshot" / domain.name
+        files = sorted(folder.glob("*.xml"))
+        rng = random.Random(n)
+        latencies = []
+        with OpenCounter(folder) as opens:
+            cpu_before, read_before = _cpu_ticks(daemon.pid), _read_bytes(daemon.pid)
+            for k in range(self.args.latency_samples):
+                marker = f"bench change {k} {secrets.token_hex(4)}"
+                before = _identity(store)
+                renamed_at = _libvirt_write(rng.choice(files), marker)
+                latencies.append(_until_store_holds(store, marker.encode(), daemon.alive, before) - renamed_at)
+                time.sleep(rng.uniform(0.05, 0.15))
+            time.sleep(self.args.quiet_period)
+            changes = len(latencies)
+            cpu_per_change = (_cpu_ticks(daemon.pid) - cpu_before) / os.sysconf("SC_CLK_TCK") / changes
+            read_per_change = (_read_bytes(daemon.pid) - read_before) / changes
+            # _libvirt_write opens the file once itself to read it; the rest are the daemon's.
+            files_per_change = (opens.count() - changes) / changes
+        debounce = self.args.quiet_period
+        found = {"samples": [round(s, 6) for s in latencies], "p50": percentile(latencies, 50),
+                 "p99": percentile(latencies, 99), "max": max(latencies), "debounce": debounce,
+                 "cpu_seconds_per_change": cpu_per_change, "bytes_read_per_change": read_per_change,
+                 "files_opened_per_change": files_per_change}
+        if idle:
+            found["idle"] = self._idle(daemon)
+        self.stop_daemon(daemon)
+        if idle:  # the same daemon run by hand: no WATCHDOG_USEC in its environment
+            daemon, _ = self.start_daemon(root, state, f"latency-{n}-no-watchdog", watchdog=False)
+            found["idle_without_watchdog_usec"] = self._idle(daemon)
+            self.stop_daemon(daemon)
+        self.results.setdefault("latency", {})[str(n)] = found
+        gated = n >= 1000
+        for label, extra in (("p50", 0.030), ("p99", 0.150)):
+            value = found[label]
+            self.row("daemon", f"change-to-commit {label}", n, value, baseline="debounce", base_value=debounce,
+                     target=f"≤ debounce + {extra * 1e3:.0f} ms" if gated else "",
+                     passed=value <= debounce + extra if gated else None)
+        self.row("daemon", "daemon CPU per change", n, cpu_per_change * 1e3, unit="ms")
+        self.row("daemon", "snapshot files the daemon opens per change", n, files_per_change, unit="files",
+                 target="1, not N" if gated else "", passed=files_per_change <= 2 if gated else None)
+        self.row("daemon", "bytes the daemon reads per change", n, read_per_change / MIB, unit="MiB")
+        if idle:
+            for key, how in (("idle", "as the unit runs it"), ("idle_without_watchdog_usec", "no WATCHDOG_USEC")):
+                self.row("daemon", f"idle CPU, {how} (% of one CPU)", n, found[key]["cpu_percent"], unit="%")
+                self.row("daemon", f"idle wake-ups/s, {how}", n, found[key]["wakeups_per_second"], unit="/s")
+
+    def _idle(self, daemon: daemonproc.Daemon) -> dict[str, float]:
+        time.sleep(1.0)
+        seconds = self.args.idle_seconds
+        ticks, switches = _cpu_ticks(daemon.pid), _context_switches(daemon.pid)
+        time.sleep(seconds)
+        cpu = (_cpu_ticks(daemon.pid) - ticks) / os.sysconf("SC_CLK_TCK")
+        return {"seconds": seconds, "cpu_percent": 100 * cpu / seconds,
+                "wakeups_per_second": (_context_switches(daemon.pid) - switches) / seconds}
+
+    # --- peak RSS ---
+
+    def rss_section(self) -> None:
+        """Peak RSS at the largest N: dedicated runs under GNU time; the daemon's VmHWM."""
+        n = max(self.args.sizes)
+        domain = self.domains[n]
+        state = self.work / f"rss-{n}-state"
+        figures = {"consolidate": peak_rss_mib(self.snapstore("consolidate", domain.name, state=state))}
+        store_bytes = self.store_file(domain, state).stat().st_size
+        limit_mib = (3 * store_bytes) / MIB + 60
+        for label, args, ok in (("consolidate unchanged", ("consolidate", domain.name), (0,)),
+                                ("list, first run after consolidate", ("list", domain.name), (0,)),
+                                ("list", ("list", domain.name), (0,)),
+                                ("list --tree", ("list", domain.name, "--tree"), (0,)),
+                                ("check --no-disks", ("check", domain.name, "--no-disks"), (0, 1))):
+            figures[label] = peak_rss_mib(self.snapstore(*args, state=state), ok)
+        figures["floor"] = peak_rss_mib([str(PYTHON), str(HERE / "floor.py"), str(self.work / "rss-floor"),
+                                         str(domain.folder)])
+        root = self.copy_roots(self.work / f"rss-{n}", [domain])
+        daemon, _ = self.start_daemon(root, self.work / f"rss-{n}-daemon-state", f"rss-{n}")
+        store = self.store_file(domain, self.work / f"rss-{n}-daemon-state")
+        before = _identity(store)
+        marker = f"bench rss change {secrets.token_hex(4)}"
+        _libvirt_write(sorted((root / "snapshot" / domain.name).glob("*.xml"))[n // 2], marker)
+        _until_store_holds(store, marker.encode(), daemon.alive, before)
+        figures["daemon (start + one commit)"] = _vm_hwm_kib(daemon.pid) / 1024
+        self.stop_daemon(daemon)
+        self.results["rss"] = {"n": n, "store_bytes": store_bytes, "limit_mib": limit_mib,
+                               **{f"{k}_mib": v for k, v in figures.items()}}
+        gated = {"consolidate", "list", "daemon (start + one commit)"}
+        for label, mib in figures.items():
+            is_gated = label in gated
+            self.row("rss", f"peak RSS {label}", n, mib, unit="MiB", baseline="3×file + 60 MiB",
+                     base_value=limit_mib, ratio=mib / limit_mib, target="≤ 3×file + 60 MiB" if is_gated else "",
+                     passed=mib <= limit_mib if is_gated else None)
+
+    # --- profiles ---
+
+    def profile(self, out: Path) -> None:
+        """cProfile of snapstore's commands at the largest N (and the daemon's start)."""
+        import pstats
+        out.mkdir(parents=True, exist_ok=True)
+        n = max(self.args.sizes)
+        domain = self.domains[n]
+        state = self.work / "profile-state"
+        store = self.store_file(domain, state)
+        runs = {
+            f"consolidate-{n}": self.snapstore("consolidate", domain.name, state=state),
+            f"consolidate-unchanged-{n}": self.snapstore("consolidate", domain.name, state=state),
+            f"list-{n}": self.snapstore("list", domain.name, state=state),
+            f"list-tree-{n}": self.snapstore("list", domain.name, "--tree", state=state),
+            f"check-{n}": self.snapstore("check", domain.name, "--no-disks", state=state),
+        }
+        for label, argv in runs.items():
+            prof = out / f"{label}.prof"
+            run_timed([str(PYTHON), "-m", "cProfile", "-o", str(prof), "-m", "snapstore", *argv[1:]], ok=(0, 1))
+            with open(out / f"{label}.txt", "w") as text:
+                for order in ("cumulative", "tottime"):
+                    pstats.Stats(str(prof), stream=text).sort_stats(order).print_stats(30)
+            say(f"profile: {out / label}.txt")
+        store.unlink(missing_ok=True)
+        self.profile_daemon(out, max(self.args.latency_sizes))
+
+    def profile_daemon(self, out: Path, n: int, changes: int = 20) -> None:
+        """cProfile of the daemon: start (empty store) to READY=1, then ``changes`` commits."""
+        import pstats
+        domain = self.domains[n]
+        root = self.copy_roots(self.work / f"profile-daemon-{n}", [domain])
+        state = self.work / f"profile-daemon-{n}-state"
+        prof = out / f"daemon-{n}.prof"
+        notify = daemonproc.NotifySocket()
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(unit_watchdog_usec())}
+        argv = self.snapstore("daemon", state=state, libvirt_dir=root / "snapshot", checkpoint_dir=root / "checkpoint")
+        proc = subprocess.Popen([str(PYTHON), "-m", "cProfile", "-o", str(prof), "-m", "snapstore", *argv[1:]],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            daemonproc.wait_for(lambda: notify.with_key("READY", "1") or proc.poll() is not None, 900)
+            files = sorted((root / "snapshot" / domain.name).glob("*.xml"))
+            store = self.store_file(domain, state)
+            for k in range(changes):
+                marker = f"bench profile change {k}"
+                before = _identity(store)
+                _libvirt_write(files[k * len(files) // changes], marker)
+                _until_store_holds(store, marker.encode(), lambda: proc.poll() is None, before)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            notify.close()
+        with open(out / f"daemon-{n}.txt", "w") as text:
+            print(f"daemon: start with {n} snapshots (empty store), then {changes} changes", file=text)
+            for order in ("cumulative", "tottime"):
+                pstats.Stats(str(prof), stream=text).sort_stats(order).print_stats(30)
+        say(f"profile: {out}/daemon-{n}.txt")
+
+
+# --- /proc readings -----------------------------------------------------------------------------
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _context_switches(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
+
+
+def _proc_field(pid: int, file: str, key: str) -> int:
+    """The number after ``key:`` in /proc/PID/FILE (0 when absent)."""
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _read_bytes(pid: int) -> int:
+    """Bytes the process read through read(2) and the like (rchar)."""
+    return _proc_field(pid, "io", "rchar")
+
+
+class OpenCounter:
+    """Counts opens of *.xml files in one folder (inotify IN_OPEN), whoever opens them."""
+
+    IN_OPEN = 0x20
+    _HEADER = 16  # struct inotify_event: int wd; uint32 mask, cookie, len; char name[len]
+
+    def __init__(self, folder: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or self._libc.inotify_add_watch(self.fd, os.fsencode(folder), self.IN_OPEN) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {folder}")
+
+    def __enter__(self) -> "OpenCounter":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        os.close(self.fd)
+
+    def count(self) -> int:
+        """Opens of *.xml files since the watch began (drains the queue)."""
+        found = getattr(self, "_found", 0)
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            offset = 0
+            while offset < len(data):
+                length = int.from_bytes(data[offset + 12:offset + 16], sys.byteorder)
+                name = data[offset + self._HEADER:offset + self._HEADER + length].rstrip(b"\0")
+                found += name.endswith(b".xml")
+                offset += self._HEADER + length
+        self._found = found
+        return found
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak RSS of the process's current image (reset by exec, unlike ru_maxrss)."""
+    return _proc_field(pid, "status", "VmHWM")
+
+
+def _libvirt_write(path: Path, marker: str) -> float:
+    """Change a snapshot's description the way libvirt writes (<name>.xml.new,
+    fsync, rename); perf_counter() at the rename."""
+    data = re.sub(rb"<description>.*?</description>", f"<description>{marker}</description>".encode(),
+                  path.read_bytes(), count=1, flags=re.S)
+    temp = path.with_name(path.name + ".new")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    renamed_at = time.perf_counter()
+    os.rename(temp, path)
+    return renamed_at
+
+
+def _recommit(path: Path) -> None:
+    """Replace a store file by a copy of itself (a new inode) behind snapstore's
+    back, as a restored backup would: the list index no longer matches it."""
+    temp = path.with_name(f".snapbench-{path.name}")
+    shutil.copy2(path, temp)
+    os.replace(temp, path)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _until_store_holds(store: Path, marker: bytes, alive: Callable[[], bool], seen: Any = None,
+                       timeout: float = 60.0) -> float:
+    """perf_counter() when the store file (other than ``seen``, its identity
+    before the change) first holds marker; polled every millisecond."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        identity = _identity(store)
+        if identity is not None and identity != seen:
+            now = time.perf_counter()
+            seen = identity
+            if marker in store.read_bytes():
+                return now
+        if not alive():
+            raise RuntimeError(f"the daemon died before {store} reflected the change")
+        time.sleep(0.001)
+    raise RuntimeError(f"{store} did not reflect the change within {timeout} s")
+
+
+# --- stale leftovers of killed runs -------------------------------------------------------------
+
+
+def sweep_stale(system: System, workdir: Path) -> None:
+    pattern = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+")
+    for dom in system.conn().listAllDomains():
+        found = pattern.match(dom.name())
+        if found and not _alive(int(found.group(1))):
+            say(f"removing {dom.name()}, left by a killed run")
+            system.undefine(dom.name())
+    for path in workdir.glob(f"{PREFIX}*"):
+        found = pattern.match(path.name)
+        if found and not _alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    def first(path: str, key: str) -> str:
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        return ""
+
+    def output(*argv: str) -> str:
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            return subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+        return ""
+
+    return {"host": platform.node(), "cpu": first("/proc/cpuinfo", "model name"), "cpus": os.cpu_count(),
+            "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
+            "os": output("sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""),
+            "libvirt": output("virsh", "--version"), "python": platform.python_version(),
+            "lxml": ".".join(map(str, etree.LXML_VERSION)),
+            "filesystem": output("findmnt", "-no", "FSTYPE,SOURCE", "-T", "/var/lib/libvirt"),
+            "snapstore_commit": output("git", "rev-parse", "--short", "HEAD"),
+            "snapstore_modified": bool(output("git", "status", "--porcelain", "snapstore"))}
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit == "s":
+        return f"{value * 1e3:.1f} ms" if value < 10 else f"{value:.1f} s"
+    return f"{value:.1f} {unit}" if unit != "%" else f"{value:.2f} %"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = ("section", "measure", "N", "snapstore", "baseline", "ratio", "target", "")
+    lines = []
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        if r["ratio"] and r["ratio_is_speedup"]:
+            ratio = f"{r['ratio']:.2f}× faster" if r["ratio"] >= 1 else f"{1 / r['ratio']:.2f}× slower"
+        base = f"{r['baseline']} {fmt(r['baseline_value'], r['unit'])}" if r["baseline"] else ""
+        verdict = {True: "PASS", False: "FAIL", None: ""}[r["pass"]]
+        lines.append((r["section"], r["what"], "" if r["n"] is None else str(r["n"]),
+                      fmt(r["value"], r["unit"]), base, ratio, r["target"], verdict))
+    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
+    out = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *lines]]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+SECTIONS = ("consolidate", "list", "transfer", "daemon", "rss")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N = 100 and 1000 only, fewer repeats")
+    parser.add_argument("--sizes", type=_ints, help="snapshot counts for list/consolidate/check "
+                                                     "(default 100,1000,10000; --quick 100,1000)")
+    parser.add_argument("--json", type=Path, default=HERE / "results.json", metavar="FILE",
+                        help="where the results go (default bench/results.json)")
+    parser.add_argument("--repeats", type=int, help="runs per figure (default 7; --quick 3)")
+    parser.add_argument("--long-repeats", type=int, help="runs per figure for runs over a few seconds "
+                                                         "(default 3; --quick 1)")
+    parser.add_argument("--transfer-count", type=int, default=300)
+    parser.add_argument("--latency-sizes", type=_ints, default=[10, 1000])
+    parser.add_argument("--latency-samples", type=int, help="changes per size (default 60; --quick 20)")
+    parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10; --quick 4)")
+    parser.add_argument("--quiet-period", type=float, default=0.25, help="the daemon's debounce (default 0.25)")
+    parser.add_argument("--no-libvirtd-restart", dest="restart_libvirtd", action="store_false",
+                        help="do not restart the system libvirtd to time its start-up")
+    parser.add_argument("--libvirtd-restarts", type=int, help="(default 3; --quick 1)")
+    parser.add_argument("--sections", type=lambda text: text.split(","), default=list(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--profile", type=Path, nargs="?", const=HERE / "profiles", metavar="DIR",
+                        help="also cProfile snapstore's commands at the largest N (default DIR bench/profiles)")
+    parser.add_argument("--code", choices=("tree", "head", "live"), default="tree",
+                        help="the snapstore code measured: a copy of the working tree taken at start (default), "
+                             "of the last commit, or the live tree (edits during the run take effect)")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
+                        help="parent of the scratch folder (default /var/tmp, same disk as /var/lib)")
+    args = parser.parse_args(argv)
+    for name in ("json", "profile", "workdir"):  # the run changes its working folder
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
+    quick = args.quick
+    args.sizes = sorted(args.sizes or ([100, 1000] if quick else [100, 1000, 10000]))
+    for name, full, short in (("repeats", 7, 3), ("long_repeats", 3, 1), ("latency_samples", 60, 20),
+                              ("idle_seconds", 10.0, 4.0), ("libvirtd_restarts", 3, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else full)
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run: run as root (it reads libvirt's folders and restarts libvirtd)", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+    cleanup = Cleanup()
+    started = time.monotonic()
+    bench = None
+    try:
+        System().ensure_running()
+        bench = Bench(args, cleanup)
+        sweep_stale(bench.system, args.workdir)
+        bench.results.update(machine=machine(), options={k: str(v) if isinstance(v, Path) else v
+                                                         for k, v in vars(args).items()})
+        bench.results["machine"].update(bench.freeze_code())
+        say(f"measuring snapstore: {bench.results['machine']}")
+        bench.build()
+        sections: list[tuple[str, Callable[[], None]]] = []
+        for n in args.sizes:
+            if "consolidate" in args.sections:
+                sections.append((f"consolidate N={n}", lambda n=n: bench.consolidate_section(n)))
+            if "list" in args.sections:
+                sections.append((f"list N={n}", lambda n=n: bench.list_section(n)))
+        sections.append(("scaling", bench.scaling_rows))
+        if "transfer" in args.sections:
+            sections.append(("transfer", bench.transfer_section))
+        if "daemon" in args.sections:
+            sections += [("daemon start-up", bench.daemon_startup_section), ("daemon latency", bench.latency_section)]
+        if "rss" in args.sections:
+            sections.append(("peak RSS", bench.rss_section))
+        if args.profile:
+            sections.append(("profile", lambda: bench.profile(args.profile)))
+        for label, section in sections:
+            say(f"{label}…")
+            try:
+                section()
+            except (Exception, AssertionError) as e:  # noqa: BLE001 - one failing section leaves the others
+                bench.error(label, e)
+    finally:
+        cleanup.run()
+    if bench is None:
+        return 2
+    bench.results["seconds_total"] = round(time.monotonic() - started, 1)
+    bench.results["rows"] = bench.rows
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
+    print(table(bench.rows))
+    print(f"\n{len(bench.rows)} rows; {sum(r['pass'] is False for r in bench.rows)} targets missed; "
+          f"total {bench.results['seconds_total']:.0f} s; JSON: {args.json}")
+    return 1 if bench.results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

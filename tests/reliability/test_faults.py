@@ -1,0 +1,157 @@
+"""Syscall faults on the real binary (issue 8 §2), injected by Debian's strace.
+
+A tracing run lists every call of the write path (openat, write, fsync,
+rename/renameat/renameat2; the folder fsync is an fsync of a folder's fd)
+that touches the test's folders; then each of them, in turn, fails with
+EIO, ENOSPC, EACCES and EXDEV (quick mode: one errno per call, in
+rotation). After each run: exit 0 with the new state, or one clear error
+line with the old state intact (the new one only when the commit had
+renamed and the folder fsync failed, which the message says); no temp and
+no half-written file; a plain rerun recovers. The daemon is faulted the
+same way while it runs: it logs one line, keeps serving and retries.
+
+The order of a normal commit is pinned here too: temp created, written,
+fsynced, renamed over the target, folder fsynced.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import campaign
+import straced
+from campaign import Sandbox
+from daemonproc import Daemon, wait_for, write_config
+from scenarios import SCENARIOS, Scenario, fresh
+
+
+def check_faulted_run(scenario: Scenario, sandbox: Sandbox, site: straced.Site, errno: str,
+                      result: campaign.Result) -> None:
+    state, old, new = scenario.observe(sandbox), scenario.old(), scenario.new()
+    problems = []
+    if result.code == 0:
+        problems += [] if state == new else ["exit 0 but the new state is not on disk"]
+    else:
+        problems += campaign.error_problems(result)
+        problems += [] if state in (old, new) else ["data: the disk holds neither the old nor the new state"]
+        if state == new and "fsync failed" not in result.err:
+            problems.append("it failed after the rename without saying so")
+    if campaign.temps_under(sandbox.state):
+        problems.append(f"temps left in the state folder: {campaign.temps_under(sandbox.state)}")
+    if state == old and campaign.temps_under(sandbox.base / "out"):
+        problems.append("a temp folder left beside the domain folder")
+    half = campaign.half_attic_copies(sandbox.state, lambda files: files == campaign.expanded_files(1))
+    if half:
+        problems.append(f"a half-written copy of the replaced folder left in the attic, never cleaned up: {half}")
+    assert not problems, (f"{scenario.name} with {site.label} ({site.call}) failing with {errno}: "
+                          f"{'; '.join(problems)}\n{result}")
+
+
+def check_recovery(scenario: Scenario, sandbox: Sandbox, what: str) -> None:
+    result = campaign.run_script(scenario.argv(sandbox))
+    assert result.code == 0, f"{what}: a rerun without the fault did not recover\n{result}"
+    assert scenario.observe(sandbox) == scenario.new(), f"{what}: the rerun did not commit"
+    assert campaign.temps_under(sandbox.base) == [], f"{what}: temps still there after the rerun"
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_each_write_path_call_fails_in_turn(name: str, tmp_path: Path) -> None:
+    scenario = SCENARIOS[name]
+    template = Sandbox(tmp_path / "template")
+    scenario.setup(template)
+    probe = fresh(template.base, tmp_path / "run")
+    result, calls = straced.trace(scenario.argv(probe), tmp_path / "trace.log")
+    assert result.code == 0 and scenario.observe(probe) == scenario.new(), result
+    targets = straced.sites(calls, probe.base)
+    assert {site.name for site in targets} >= {"openat", "write", "fsync"}, targets
+    assert any(site.on_folder for site in targets), "no folder fsync traced"
+
+    def one(site: straced.Site, errno: str) -> None:
+        sandbox = fresh(template.base, tmp_path / "run")
+        result, hit = straced.inject(scenario.argv(sandbox), tmp_path / "inject.log", site, error=errno)
+        if hit is None or not hit.touches(sandbox.base):
+            raise RuntimeError(f"{site.label} {errno}: the injection hit {hit}: the run is not deterministic")
+        check_faulted_run(scenario, sandbox, site, errno, result)
+        check_recovery(scenario, sandbox, f"{scenario.name} after {site.label} failed with {errno}")
+
+    straced.run_plan(straced.plan(targets, campaign.FULL), one, "faults injected (strace, command line)")
+    campaign.NOTES[f"fault sites ({name})"] = ", ".join(site.label for site in targets)
+
+
+def test_commit_order_is_fsync_rename_folder_fsync(sandbox: Sandbox, tmp_path: Path) -> None:
+    SCENARIOS["consolidate"].setup(sandbox)
+    result, calls = straced.trace(sandbox.argv("consolidate", "vm1"), tmp_path / "trace.log")
+    assert result.code == 0, result
+    folder = str(sandbox.store_file().parent)
+    create = next(i for i, c in enumerate(calls) if c.name == "openat" and folder in c.args and "O_CREAT" in c.args
+                  and "lock" not in c.args)
+    temp = calls[create].result.partition("<")[2].rstrip(">")
+    on = {i: straced.fd_path(c) for i, c in enumerate(calls)}
+    writes = [i for i, c in enumerate(calls) if c.name == "write" and on[i] == temp]
+    file_sync = [i for i, c in enumerate(calls) if c.name == "fsync" and on[i] == temp]
+    rename = [i for i, c in enumerate(calls) if c.name.startswith("rename") and temp.rsplit("/", 1)[1] in c.args]
+    folder_sync = [i for i, c in enumerate(calls) if c.name == "fsync" and on[i] == folder]
+    order = [str(calls[i]) for i in (create, *writes, *file_sync, *rename, *folder_sync)]
+    assert writes and len(file_sync) == 1 and len(rename) == 1 and folder_sync, order
+    assert create < max(writes) < file_sync[0] < rename[0] < folder_sync[0], (
+        f"a commit must create the temp, write it, fsync it, rename it, then fsync the folder: {order}")
+    assert "vm1.xml" in calls[rename[0]].args and "O_EXCL" in calls[create].args, order
+
+
+# --------------------------------------------------------------------------- the daemon's commit
+
+
+@pytest.fixture
+def daemon(sandbox: Sandbox, tmp_path: Path):
+    campaign.write_legacy(sandbox.libvirt / "vm1", {"s0.xml": campaign.samples.snapshot_xml("s0", None, True)})
+    config = write_config(tmp_path / "daemon.toml", quiet_period=0.05, settle_timeout=30.0)
+    running = Daemon(sandbox.libvirt, sandbox.checkpoints, sandbox.state, config, tmp_path / "daemon.stderr")
+    running.wait_ready()
+    yield running
+    running.close()
+
+
+def _add_leaf(sandbox: Sandbox, k: int) -> bytes:
+    campaign.plant(sandbox.libvirt / "vm1", f"leaf{k}.xml",
+                   campaign.samples.snapshot_xml(f"leaf{k}", "s0", created=1700000000 + k))
+    return f"<name>leaf{k}</name>".encode()
+
+
+def test_daemon_commit_faults_are_logged_and_retried(daemon: Daemon, sandbox: Sandbox, tmp_path: Path) -> None:
+    path = sandbox.store_file()
+    wait_for(path.exists, 5, daemon.describe)
+    with straced.attach(daemon.pid, tmp_path / "trace.log", straced.WRITE_PATH) as calls:
+        marker = _add_leaf(sandbox, 0)
+        wait_for(lambda: any(c.name.startswith("rename") and ".json" in c.args for c in calls()), 10,
+                 lambda: f"no commit traced; {daemon.describe()}")
+    targets = straced.sites(calls(), sandbox.base)
+    assert any(site.on_folder for site in targets), targets
+    rounds = iter(range(1, 1 << 20))
+
+    def one(site: straced.Site, errno: str) -> None:
+        k = next(rounds)
+        what = f"daemon commit with {site.label} ({site.call}) failing with {errno}"
+        old, versions = path.read_bytes(), campaign.Versions(path).start()
+        log_before = len(daemon.stderr().splitlines())
+        try:
+            with straced.attach(daemon.pid, tmp_path / f"inject{k}.log", (site.name,),
+                                straced.inject_option(site, errno)) as calls:
+                marker = _add_leaf(sandbox, k)
+                wait_for(lambda: marker in path.read_bytes() and any(c.injected for c in calls()), 10,
+                         lambda: f"{what}: not committed after the fault; {daemon.describe()}")
+                hit = next(c for c in calls() if c.injected)
+        finally:
+            seen = versions.stop()[path]
+        if not hit.touches(sandbox.base):
+            raise RuntimeError(f"{what}: the injection hit {hit}: the run is not deterministic")
+        assert daemon.alive(), f"{what}: the daemon died; {daemon.describe()}"
+        for data in seen:
+            campaign.parse_store(data, what)
+            assert data == old or marker in data, f"data: {what}: a version that is neither old nor new"
+        new_lines = daemon.stderr().splitlines()[log_before:]
+        assert all(line.startswith("snapstore: ") and "Traceback" not in line for line in new_lines), new_lines
+        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
+
+    straced.run_plan(straced.plan(targets, campaign.FULL), one, "faults injected (strace, daemon commit)")
+    campaign.NOTES["fault sites (daemon)"] = ", ".join(site.label for site in targets)
