@@ -260,7 +260,18 @@ def op_bulk_snapshots(conn: libvirt.virConnect, root: Path, op: Op) -> dict[str,
     return {"names": names, "mode": mode, "seconds": round(time.monotonic() - started, 3)}
 
 
+def op_wait_path(conn: libvirt.virConnect, root: Path, op: Op) -> None:
+    """A gate: the batch goes on once the test creates op["path"], so a test
+    can act at a known point of a batch instead of racing it."""
+    deadline = time.monotonic() + op.get("timeout", 60.0)
+    while not os.path.exists(op["path"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {op['path']} never opened")
+        time.sleep(0.01)
+
+
 OPS: dict[str, Callable[[libvirt.virConnect, Path, Op], Any]] = {
+    "wait_path": op_wait_path,
     "define": op_define,
     "define_xml": op_define_xml,
     "domain_xml": op_domain_xml,

@@ -403,19 +403,26 @@ def test_stale_libvirt_temp_is_not_committed_and_degrades(lab: Lab, state: Path,
 # --- process lifecycle ---------------------------------------------------------------------------------
 
 
-def _daemon_in_a_burst(lab: Lab, start: Start, quiet: float):
-    """A ready daemon that has committed at least 3 versions of a burst still running."""
+def _daemon_in_a_burst(lab: Lab, start: Start, quiet: float, gate: Path):
+    """A ready daemon that has committed at least 3 versions of a burst, which
+    then waits at GATE: the test opens the gate and acts while libvirt writes
+    the rest, whatever the speed of the machine."""
     lab.run([{"op": "define", "domain": "vm1"}, snap("vm1", "a")])
     daemon = start(settings={"quiet_period": quiet})
     daemon.wait_ready()
-    burst = Background(lab, BURST)
-    wait_for(lambda: committed_lines(daemon) >= 3 or not burst.running(), 30.0, daemon.describe)
+    burst = Background(lab, BURST[:5] + [{"op": "wait_path", "path": str(gate)}] + BURST[5:])
+    # At the gate libvirt holds a..e with e current; the daemon has committed that state.
+    wait_for(lambda: (s := store_summary(daemon.state_dir, "vm1")) is not None and s.current == "e",
+             30.0, daemon.describe)
+    assert burst.running(), f"the burst went past its gate; {daemon.describe()}"
     return daemon, burst
 
 
-def test_sigkill_mid_activity_then_restart_loses_nothing(lab: Lab, state: Path, start: Start) -> None:
-    first, burst = _daemon_in_a_burst(lab, start, quiet=0.02)
-    assert burst.running(), "the burst ended before the kill: not a kill mid-activity"
+def test_sigkill_mid_activity_then_restart_loses_nothing(lab: Lab, state: Path, start: Start,
+                                                         tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    first, burst = _daemon_in_a_burst(lab, start, quiet=0.02, gate=gate)
+    gate.touch()  # libvirt goes on writing while the daemon is killed
     assert first.kill() == -signal.SIGKILL
     # What a kill in the middle of a commit leaves: a temp of the dead process.
     stale = store_path(state, "vm1").parent / f"{TEMP_PREFIX}{first.pid}-0123456789ab"
@@ -432,9 +439,11 @@ def test_sigkill_mid_activity_then_restart_loses_nothing(lab: Lab, state: Path, 
     assert_follows(lab, state, "vm1", second, "a snapshot after the restart")
 
 
-def test_sigterm_mid_activity_exits_0_with_stopping(lab: Lab, state: Path, start: Start) -> None:
-    daemon, burst = _daemon_in_a_burst(lab, start, quiet=0.01)
-
+def test_sigterm_mid_activity_exits_0_with_stopping(lab: Lab, state: Path, start: Start,
+                                                    tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    daemon, burst = _daemon_in_a_burst(lab, start, quiet=0.01, gate=gate)
+    gate.touch()
     daemon.send(signal.SIGTERM)
     try:
         code = daemon.proc.wait(timeout=5)
