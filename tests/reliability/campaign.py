@@ -121,8 +121,8 @@ def half_attic_copies(state: Path, whole: Callable[[dict[str, bytes]], bool],
     attic, seen = state / "attic", set() if seen is None else seen
     half = []
     for folder in sorted(attic.iterdir()) if attic.exists() else []:
-        if not folder.is_dir() or str(folder) in seen:
-            continue
+        if not folder.is_dir() or folder.name.startswith(TEMP_PREFIX) or str(folder) in seen:
+            continue  # a temp is no copy yet: the temp checks cover it
         seen.add(str(folder))
         files = {path.name: path.read_bytes() for path in folder.iterdir()}
         if not whole(files):

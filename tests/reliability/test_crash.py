@@ -164,8 +164,6 @@ def check_after_kill(mode: str, sandbox: Sandbox, allowed: set[int | None], fram
         if frames.ended:  # this writer's expands swept what earlier writers left
             old = [p for p in campaign.temps_under(sandbox.base / "out") if f"-{pid}-" not in p]
             leftovers.add(old, "a temp folder of an earlier writer beside the domain folder (expand sweeps them)")
-        half = campaign.half_attic_copies(sandbox.state, _generation_folder, leftovers.attic_seen)
-        leftovers.add(half, "a half-written copy in the attic (expand's _keep_in_attic)")
     else:
         path = sandbox.store_file()
         data = path.read_bytes() if path.exists() else None
@@ -174,6 +172,9 @@ def check_after_kill(mode: str, sandbox: Sandbox, allowed: set[int | None], fram
         on_disk = which_generation(data, allowed, campaign.generation_bytes)
     store.Store(sandbox.state).prepare()  # what the next writer or the daemon does first
     leftovers.add(campaign.temps_under(sandbox.state), "a temp in the state folder after Store.prepare()")
+    if mode == "expand":
+        half = campaign.half_attic_copies(sandbox.state, _generation_folder, leftovers.attic_seen)
+        leftovers.add(half, "a half-written copy in the attic (legacydir._keep_in_attic)")
     return on_disk
 
 
@@ -209,10 +210,10 @@ def test_sigkill_at_each_write_path_call(name: str, tmp_path: Path) -> None:
         assert result.code == -signal.SIGKILL and hit is not None, f"{site.label}: not killed there\n{result}"
         state = scenario.observe(sandbox)
         assert state in (scenario.old(), scenario.new()), f"data: killed at {site.label} ({hit}): neither state"
-        leftovers.add(campaign.half_attic_copies(sandbox.state, lambda files: files == campaign.expanded_files(1)),
-                      f"a half-written copy in the attic after a kill at {site.label} (expand's _keep_in_attic)")
         rerun = campaign.run_script(scenario.argv(sandbox))
         assert rerun.code == 0 and scenario.observe(sandbox) == scenario.new(), f"after a kill at {site.label}: {rerun}"
+        leftovers.add(campaign.half_attic_copies(sandbox.state, lambda files: files == campaign.expanded_files(1)),
+                      f"a half-written copy in the attic after a kill at {site.label} (legacydir._keep_in_attic)")
         for temp in campaign.temps_under(sandbox.base):
             leftovers.add([temp], f"after a kill at {site.label}, {_why_left(temp)}")
         campaign.count(f"kills survived (SIGKILL at each write-path call, {name})")

@@ -227,9 +227,9 @@ def test_folder_round_trip_through_the_commands(tmp_path_factory, tree: model.Tr
         _assert_expand_refuses(sandbox, tree)
         return
     campaign.write_legacy(sandbox.libvirt / tree.domain, files)
-    assert cli.main(["-q", *sandbox.argv("consolidate", tree.domain)]) == 0
+    assert cli.main(["-q", *sandbox.argv("consolidate", "--", tree.domain)]) == 0  # "--": a name may start with "-"
     out = sandbox.base / "out"
-    assert cli.main(["-q", *sandbox.argv("expand", tree.domain, "--into", str(out))]) == 0
+    assert cli.main(["-q", *sandbox.argv("expand", "--into", str(out), "--", tree.domain)]) == 0
     written = {name: xmlsafe.canonical(xmlsafe.parse_bytes(data, name, 1 << 20))
                for name, data in campaign.tree_listing(out / tree.domain).items()}
     assert written == {name: xmlsafe.canonical(xmlsafe.parse_bytes(data, name, 1 << 20)) for name, data in files.items()}
@@ -242,7 +242,7 @@ def _assert_expand_refuses(sandbox: Sandbox, tree: model.Tree) -> None:
     state.prepare()
     state.replace(tree)
     before = campaign.tree_listing(sandbox.base)
-    assert cli.main(["-q", *sandbox.argv("expand", tree.domain, "--into", str(sandbox.base / "out"))]) == 1
+    assert cli.main(["-q", *sandbox.argv("expand", "--into", str(sandbox.base / "out"), "--", tree.domain)]) == 1
     assert campaign.tree_listing(sandbox.base) == before, "a refused expand wrote something"
 
 
