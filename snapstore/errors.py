@@ -87,6 +87,13 @@ class Refused(SnapstoreError):
     exit_code = 1
 
 
+class FolderBusy(Refused):
+    """libvirt rewrote the folder while it was read: what was read may be a
+    state the folder never held (half old, half new), so it is not used."""
+
+    template = "{domain}: {path} changed while it was read, {attempts} times in a row; libvirt is writing it, run again"
+
+
 class StoreError(SnapstoreError):
     template = "{path}: {reason}"
 

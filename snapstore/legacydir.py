@@ -42,6 +42,7 @@ class LegacyFolder:
     notes: list[Remark] = dataclasses.field(default_factory=list)
     libvirt_temps: list[str] = dataclasses.field(default_factory=list)  # <name>.xml.new: a write in flight
     identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
+    sources: dict[str, list[int]] | None = None  # set by read_settled: the entries the read saw
 
     def tree(self) -> model.Tree:
         """The folder's tree (built once: the folder is read once and not changed)."""
@@ -99,6 +100,26 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
         for gone in set(cache) - set(names):
             del cache[gone]
     return folder
+
+
+def read_settled(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
+                 cache: Cache | None = None, attempts: int = 3) -> LegacyFolder:
+    """read_folder, with the folder's entries compared before and after.
+
+    libvirt changes a folder file by file (a new current snapshot is a new
+    file, then the old current rewritten), so a read that overlaps a change
+    can see a state the folder never held: no current snapshot, say.  Equal
+    entries (inode, size, mtime) before and after prove the read saw one
+    state; otherwise it is read again, and after ``attempts`` FolderBusy.
+    ``folder.sources`` is the proof, reusable as the index's sources.
+    """
+    for _attempt in range(attempts):
+        before = sources(root, domain)
+        folder = read_folder(root, kind, domain, limit, cache)
+        if sources(root, domain) == before:
+            folder.sources = before
+            return folder
+    raise errors.FolderBusy(domain=domain, path=domain_folder(root, domain), attempts=attempts)
 
 
 def sources(root: Path, domain: str) -> dict[str, list[int]] | None:

@@ -5,9 +5,17 @@ libvirt stores a moment as ``<name>.xml`` without escaping, which is why qemu
 refuses names with ``/`` or a leading ``.`` (qemuSnapshotCreateXML).
 snapstore's own files escape every byte outside ``[A-Za-z0-9_+-.]`` and a
 leading ``.`` as ``%XX``, so any domain name maps to exactly one safe name.
+
+A name whose escaped form is longer than STEM_MAX bytes (a libvirt folder
+name may be 255 bytes of UTF-8, and each non-ASCII byte escapes to three) is
+stored under a bounded stem instead: the first escaped bytes, ``~`` (never
+part of an escaped name) and 32 hex digits of the name's SHA-256.  That stem
+is not reversible by itself; the store file's ``domain`` attribute holds the
+name, and Store.domains reads it from there.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -15,6 +23,12 @@ import time
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 NAME_MAX = 255  # bytes in one path component on Linux filesystems
+# Room for the longest name snapstore builds around a stem: the attic's
+# "checkpoints.<stem>.<stamp>-<random><suffix>" is 36 bytes plus the suffix.
+STEM_MAX = 180
+SUFFIX_MAX = 39
+_DIGEST_CHARS = 32
+_BOUNDED = re.compile(r"[A-Za-z0-9_+\-.%]*~[0-9a-f]{" + str(_DIGEST_CHARS) + "}")
 
 
 def escape_domain(domain: str) -> str:
@@ -41,10 +55,33 @@ def is_escaped_form(name: str) -> bool:
         return False
 
 
+def domain_stem(domain: str) -> str:
+    """The part of snapstore's file names that stands for ``domain``."""
+    return _bounded(escape_domain(domain), STEM_MAX)
+
+
+def is_bounded_stem(name: str) -> bool:
+    """True when ``name`` may be domain_stem() of a name too long to escape
+    in full; only the store file's ``domain`` attribute tells which."""
+    return _BOUNDED.fullmatch(name) is not None
+
+
+def _bounded(escaped: str, limit: int) -> str:
+    if len(escaped) <= limit:
+        return escaped
+    digest = hashlib.sha256(unescape_domain(escaped).encode("utf-8", "surrogateescape")).hexdigest()
+    prefix = escaped[:limit - 1 - _DIGEST_CHARS]
+    # Do not end the readable part in the middle of a %XX escape.
+    cut = prefix.rfind("%", len(prefix) - 2)
+    return (prefix[:cut] if cut >= 0 else prefix) + "~" + digest[:_DIGEST_CHARS]
+
+
 def attic_name(plural: str, domain: str, suffix: str) -> str:
     """A unique name in attic/ for something of ``domain`` set aside now."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{plural}.{escape_domain(domain)}.{stamp}-{os.urandom(3).hex()}{suffix}"
+    if len(suffix.encode("utf-8", "surrogateescape")) > SUFFIX_MAX:
+        suffix = "." + _bounded(escape_domain(suffix.lstrip(".")), SUFFIX_MAX - 1)
+    return f"{plural}.{domain_stem(domain)}.{stamp}-{os.urandom(3).hex()}{suffix}"
 
 
 def xml_problem(name: str) -> str | None:

@@ -41,10 +41,10 @@ class Store:
         self._held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
-        return self.root / kind.plural / (naming.escape_domain(domain) + ".xml")
+        return self.root / kind.plural / (naming.domain_stem(domain) + ".xml")
 
     def index_path(self, kind: kinds.Kind, domain: str) -> Path:
-        return self.root / "index" / f"{kind.plural}.{naming.escape_domain(domain)}.json"
+        return self.root / "index" / f"{kind.plural}.{naming.domain_stem(domain)}.json"
 
     def prepare(self, sweep: bool = True) -> None:
         """Create the layout (mode 0700) and sweep temps of dead writers
@@ -66,16 +66,29 @@ class Store:
         folder = self.root / kind.plural
         if not folder.is_dir():
             return []
-        names = (entry.name[:-4] for entry in os.scandir(folder)
-                 if entry.name.endswith(".xml") and entry.is_file(follow_symlinks=False))
-        return sorted(naming.unescape_domain(name) for name in names if naming.is_escaped_form(name))
+        names = [entry.name[:-4] for entry in os.scandir(folder)
+                 if entry.name.endswith(".xml") and entry.is_file(follow_symlinks=False)]
+        found = [naming.unescape_domain(name) for name in names if naming.is_escaped_form(name)]
+        found += filter(None, (self._long_name(kind, stem) for stem in names if naming.is_bounded_stem(stem)))
+        return sorted(found)
+
+    def _long_name(self, kind: kinds.Kind, stem: str) -> str | None:
+        """The domain stored under a bounded stem, from its file's ``domain``
+        attribute; None for a file that is not what that name would give."""
+        with fsio.opened_dir(self.root / kind.plural) as dir_fd:
+            try:
+                data = fsio.read_regular(dir_fd, stem + ".xml", self.read_limit, self.root / kind.plural / stem)
+            except errors.FormatError:
+                return None
+        domain = consolidated.domain_attribute(data)
+        return domain if domain is not None and naming.domain_stem(domain) == stem else None
 
     @contextlib.contextmanager
     def lock(self, kind: kinds.Kind, domain: str, exclusive: bool = True) -> Iterator[None]:
         """The domain's lock, re-entrant within one thread: a caller holds it
         from reading libvirt's folder to the commit, and the commit takes it
         again (a second flock of the same file in one process would block)."""
-        path = self.root / "locks" / f"{kind.plural}.{naming.escape_domain(domain)}.lock"
+        path = self.root / "locks" / f"{kind.plural}.{naming.domain_stem(domain)}.lock"
         key = (threading.get_ident(), path)
         if key in self._held:
             self._held[key] += 1

@@ -74,7 +74,7 @@ class DomainCheck:
         if not path.exists():
             return None
         try:
-            folder = legacydir.read_folder(root, self.kind, self.domain, self.settings.max_legacy_bytes)
+            folder = legacydir.read_settled(root, self.kind, self.domain, self.settings.max_legacy_bytes)
         except errors.SnapstoreError as e:
             self.add(codes.NOT_REGULAR if path.exists() and not path.is_dir() else codes.UNREADABLE, str(e), path=path)
             return None

@@ -67,7 +67,7 @@ def _consolidate_locked(domain: str, kind: kinds.Kind, root: Path, store: store_
     known = store.unchanged(kind, domain, sources) if sources is not None else None
     if known is not None:  # every file as it was at the last commit: nothing to parse
         return _result(domain, kind, len(known["rows"]), known["current"], False, store, args, context)
-    folder = legacydir.read_folder(root, kind, domain, context.config.max_legacy_bytes)
+    folder = legacydir.read_settled(root, kind, domain, context.config.max_legacy_bytes)
     for note in folder.notes:
         context.warn(str(note))
     problems = folder.problems()
@@ -76,7 +76,7 @@ def _consolidate_locked(domain: str, kind: kinds.Kind, root: Path, store: store_
     tree = folder.tree()
     # Recorded only for a folder without remarks, so the shortcut never hides a warning.
     changed = store.replace(tree, allow_empty=args.allow_empty, dry_run=args.dry_run,
-                            sources=None if folder.notes or args.dry_run else sources)
+                            sources=None if folder.notes or args.dry_run else folder.sources)
     return _result(domain, kind, len(tree), tree.current, changed, store, args, context)
 
 

@@ -96,9 +96,12 @@ class Synchronizer:
     def _sync(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
         kind, domain = key
         try:
-            folder = legacydir.read_folder(self.root(kind), kind, domain, self.settings.max_legacy_bytes, state.cache)
+            folder = legacydir.read_settled(self.root(kind), kind, domain, self.settings.max_legacy_bytes,
+                                            state.cache, attempts=1)
         except errors.UnknownDomain:
             return self._folder_gone(key, state, at_start)
+        except errors.FolderBusy:  # the change that overlapped the read has its own event: read after it
+            return self._unsettled(key, state, ["libvirt changed the folder while it was read"])
         problems = folder.problems() + [f"libvirt is writing {name} (or crashed while writing it)"
                                         for name in folder.libvirt_temps]
         if problems:

@@ -33,6 +33,21 @@ def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
     return model.Tree(kind, domain, moments, root.get("current"))
 
 
+def domain_attribute(data: bytes) -> str | None:
+    """The root's ``domain`` attribute, read without building the moments."""
+    parser = etree.XMLPullParser(events=("start",), resolve_entities=False, no_network=True,
+                                 load_dtd=False, huge_tree=False)
+    chunk = 1 << 16
+    try:
+        for offset in range(0, len(data), chunk):
+            parser.feed(data[offset:offset + chunk])
+            for _event, element in parser.read_events():
+                return element.get("domain")
+    except etree.XMLSyntaxError:
+        pass
+    return None
+
+
 def format_consolidated(tree: model.Tree) -> bytes:
     """Serialize a validated tree; the caller has checked tree.validate()."""
     attributes = {"current": tree.current} if tree.current and tree.kind.stores_current else {}

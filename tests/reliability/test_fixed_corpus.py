@@ -314,7 +314,27 @@ def test_file_removed_between_listing_and_reading(sandbox: Sandbox, committed: b
 
 
 def test_file_replaced_while_being_read(sandbox: Sandbox, committed: bytes, monkeypatch) -> None:
-    """Opened, then replaced by a rename (as libvirt writes): the open file is read, whole."""
+    """Opened, then replaced by a rename (as libvirt writes): the open file is read whole, the
+    change is seen (the folder's entries differ after the read) and the folder read again."""
+    folder = campaign.write_legacy(sandbox.libvirt / "vm1", {"s1.xml": GOOD("s1", None, True)})
+    real = fsio._read_up_to
+    replaced = []
+
+    def replace_once_then_read(fd, *args):
+        if not replaced and os.readlink(f"/proc/self/fd/{fd}") == str(folder / "s1.xml"):
+            campaign.plant(folder, "s1.xml", GOOD("s1", None, True, description="the new version"))
+            replaced.append(True)
+        return real(fd, *args)
+    monkeypatch.setattr(fsio, "_read_up_to", replace_once_then_read)
+    assert cli.main(["-q", *sandbox.argv("consolidate", "vm1")]) == 0
+    campaign.count("inputs tried (fixed corpus)")
+    held = campaign.parse_store(sandbox.store_file().read_bytes()).by_name["s1"]
+    assert held.element.findtext("description") == "the new version", "the read overlapping a change was kept"
+
+
+def test_file_replaced_at_every_read(sandbox: Sandbox, committed: bytes, monkeypatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder that changes during every read is never settled: one clear line, exit 1, old file kept."""
     folder = campaign.write_legacy(sandbox.libvirt / "vm1", {"s1.xml": GOOD("s1", None, True)})
     real = fsio._read_up_to
 
@@ -323,9 +343,11 @@ def test_file_replaced_while_being_read(sandbox: Sandbox, committed: bytes, monk
             campaign.plant(folder, "s1.xml", GOOD("s1", None, True, description="the new version"))
         return real(fd, *args)
     monkeypatch.setattr(fsio, "_read_up_to", replace_then_read)
-    assert cli.main(["-q", *sandbox.argv("consolidate", "vm1")]) == 0
+    assert cli.main(["-q", *sandbox.argv("consolidate", "vm1")]) == 1
     campaign.count("inputs tried (fixed corpus)")
-    assert campaign.parse_store(sandbox.store_file().read_bytes()).by_name["s1"].element.findtext("description") is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "changed while it was read" in lines[0] and "vm1" in lines[0], lines
+    assert sandbox.store_file().read_bytes() == committed
 
 
 def test_files_flipping_while_consolidate_runs(sandbox: Sandbox, committed: bytes) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from snapstore import codes, errors, fsio, kinds, model, naming, store
-from snapstore.formats import legacy
+from snapstore.formats import consolidated, legacy
 
 import samples
 
@@ -236,6 +236,36 @@ def test_escaping_examples() -> None:
     assert naming.escape_domain("../x") == "%2E.%2Fx"
     assert naming.escape_domain("a b%") == "a%20b%25"
     assert not naming.is_escaped_form("a b")
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=255))
+def test_every_stem_fits_every_name_built_on_it(domain: str) -> None:
+    stem = naming.domain_stem(domain)
+    assert len(stem) <= naming.STEM_MAX and "/" not in stem and not stem.startswith(".")
+    assert naming.is_escaped_form(stem) != naming.is_bounded_stem(stem)  # exactly one of the two forms
+    attic = naming.attic_name("checkpoints", domain, "." + domain.replace("/", "_")[:200])
+    assert len(attic.encode()) <= naming.NAME_MAX and "/" not in attic
+
+
+def test_long_names_get_distinct_bounded_stems(state: store.Store) -> None:
+    """120 bytes of Cyrillic escape to 360 characters: over NAME_MAX once a suffix is added."""
+    long_a, long_b = "д" * 60, "д" * 59 + "е"
+    assert naming.domain_stem(long_a) != naming.domain_stem(long_b)
+    assert naming.is_bounded_stem(naming.domain_stem(long_a))
+    assert naming.domain_stem("д" * 20) == naming.escape_domain("д" * 20)  # short: still reversible
+    for domain in (long_a, long_b, "vm1"):
+        with state.lock(SNAP, domain):
+            state.replace(tree_of(("a", None), domain=domain))
+        assert state.read_tree(SNAP, domain).domain == domain
+        assert state.index_path(SNAP, domain).exists()
+    assert sorted(state.domains(SNAP)) == sorted([long_a, long_b, "vm1"])
+
+
+def test_a_bounded_stem_file_naming_another_domain_is_not_listed(state: store.Store) -> None:
+    domain = "д" * 60
+    state.replace(tree_of(("a", None), domain=domain))
+    state.path(SNAP, domain).write_bytes(consolidated.format_consolidated(tree_of(("a", None), domain="other")))
+    assert state.domains(SNAP) == []
 
 
 def test_every_domain_maps_inside_the_store(state: store.Store) -> None:
