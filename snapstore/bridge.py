@@ -8,7 +8,6 @@ one snapshot, never a whole domain.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import threading
 import urllib.parse
@@ -16,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import libvirt
-from lxml import etree
 
 from snapstore import codes, errors, kinds, model
 from snapstore.formats import xmlsafe
@@ -258,7 +256,7 @@ def differences(expected: model.Tree, actual: model.Tree) -> list[str]:
     """
     names, found = set(expected.by_name), []
     changed = [name for name in sorted(names & set(actual.by_name))
-               if _canonical(expected.by_name[name]) != _canonical(actual.by_name[name])]
+               if not expected.by_name[name].same_content(actual.by_name[name])]
     for label, group in (("gone", sorted(names - set(actual.by_name))),
                          ("new", sorted(set(actual.by_name) - names)), ("changed", changed)):
         if group:
@@ -270,10 +268,6 @@ def differences(expected: model.Tree, actual: model.Tree) -> list[str]:
 
 def listed(names: list[str]) -> str:
     return ", ".join(map(repr, names))
-
-
-def _canonical(moment: model.Moment) -> bytes:
-    return xmlsafe.canonical(moment.element)
 
 
 # --- one moment per call -----------------------------------------------------------------------
@@ -360,7 +354,7 @@ def restore(host: Host, tree: model.Tree, replace: bool = False, rewrite_uuid: b
     plan = _plan(calls, handle, tree, replace, host)
     if dry_run:
         return RestoreResult(plan, Steps(), dry_run=True)
-    texts = {m.name: _xml_text(m.element) for m in tree.moments}
+    texts = {m.name: m.body.decode() for m in tree.moments}
     steps = _run_steps(plan.todo(), "redefine", lambda name: calls.redefine(handle, texts[name], False), progress)
     if steps.failure is None and tree.current is not None and tree.kind.stores_current:
         steps.failure = _set_current(calls, handle, tree.current, texts[tree.current])
@@ -381,7 +375,7 @@ def _with_target_uuid(tree: model.Tree, uuid: str, rewrite: bool, host: Host) ->
 def _with_uuid(moment: model.Moment, uuid: str) -> model.Moment:
     """A copy whose embedded domain definitions carry ``uuid``: libvirt's
     REDEFINE requires the target domain's (virDomainSnapshotRedefinePrep)."""
-    element = copy.deepcopy(moment.element)
+    element = moment.element  # a fresh parse: the moment itself is not changed
     for node in [*element.iterfind("domain/uuid"), *element.iterfind("inactiveDomain/uuid")]:
         node.text = uuid
     return model.Moment.from_element(element, moment.source)
@@ -395,7 +389,7 @@ def _plan(calls: _Calls, handle: libvirt.virDomain, tree: model.Tree, replace: b
     for moment in tree.topological():
         if moment.name not in present:
             plan.define.append(moment.name)
-        elif _canonical(_fetch(calls, present[moment.name], tree.kind, host, tree.domain)) == _canonical(moment):
+        elif _fetch(calls, present[moment.name], tree.kind, host, tree.domain).same_content(moment):
             plan.skip.append(moment.name)
         else:
             plan.replace.append(moment.name)
@@ -416,10 +410,6 @@ def _set_current(calls: _Calls, handle: libvirt.virDomain, name: str, xml: str) 
     except libvirt.libvirtError as e:
         return Failure(name, "set current", _message(e), e.get_error_code())
     return None
-
-
-def _xml_text(element: etree._Element) -> str:
-    return etree.tostring(element, encoding="unicode", with_tail=False)
 
 
 # --- removing a source's metadata --------------------------------------------------------------

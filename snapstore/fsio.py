@@ -63,25 +63,51 @@ def is_stale_temp(name: str) -> bool:
 
 def read_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> bytes:
     """Read one regular file, at most ``limit`` bytes, or raise FormatError."""
+    with _opened_regular(dir_fd, name, limit, display) as (fd, info):
+        try:
+            data = _read_up_to(fd, info.st_size, limit + 1)
+        except OSError as e:
+            raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
+    if len(data) > limit:
+        raise errors.FormatError(display, f"grew over the {limit}-byte limit while being read", codes.OVER_LIBVIRT_LIMIT)
+    return data
+
+
+def holds(dir_fd: int, name: str, data: bytes, limit: int, display: Path | str) -> bool:
+    """True when the regular file ``name`` holds exactly ``data``; compared a
+    chunk at a time, so a large file is never held in memory twice."""
+    with _opened_regular(dir_fd, name, limit, display) as (fd, info):
+        if info.st_size != len(data):
+            return False
+        view = memoryview(data)
+        try:
+            for offset in range(0, len(data), 1 << 20):
+                if os.read(fd, 1 << 20) != view[offset:offset + (1 << 20)]:
+                    return False
+            return os.read(fd, 1) == b""
+        except OSError as e:
+            raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
+
+
+@contextlib.contextmanager
+def _opened_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> Iterator[tuple[int, os.stat_result]]:
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as e:
         raise _open_error(dir_fd, name, display, e) from e
     try:
-        info = os.fstat(fd)
+        try:
+            info = os.fstat(fd)
+        except OSError as e:
+            raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
         if not stat.S_ISREG(info.st_mode):
             raise errors.FormatError(display, f"is a {_type_name(info.st_mode)}, not a regular file", codes.NOT_REGULAR)
         if info.st_size > limit:
             raise errors.FormatError(display, f"is {info.st_size} bytes, over the {limit}-byte limit",
                                      codes.OVER_LIBVIRT_LIMIT)
-        data = _read_up_to(fd, info.st_size, limit + 1)
-    except OSError as e:
-        raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
+        yield fd, info
     finally:
         os.close(fd)
-    if len(data) > limit:
-        raise errors.FormatError(display, f"grew over the {limit}-byte limit while being read", codes.OVER_LIBVIRT_LIMIT)
-    return data
 
 
 def _open_error(dir_fd: int, name: str, display: Path | str, error: OSError) -> errors.FormatError:

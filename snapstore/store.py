@@ -197,15 +197,21 @@ class Store:
                     index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
 
     def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
-        old = self.read_bytes(tree.kind, tree.domain)
-        if old == data:
-            return False
-        if not tree.moments and old and not allow_empty:
-            self._refuse_emptying(tree, old)
+        path = self.path(tree.kind, tree.domain)
+        try:
+            with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
+                if dir_fd is not None and fsio.holds(dir_fd, path.name, data, self.read_limit, path):
+                    return False
+        except errors.FormatError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
+        if not tree.moments and not allow_empty:
+            self._refuse_emptying(tree)
         return True
 
-    def _refuse_emptying(self, tree: model.Tree, old: bytes) -> None:
-        held = len(consolidated.parse_consolidated(old, tree.kind, "", self.read_limit))
+    def _refuse_emptying(self, tree: model.Tree) -> None:
+        old = self.read_bytes(tree.kind, tree.domain)
+        held = len(consolidated.parse_consolidated(old, tree.kind, "", self.read_limit)) if old else 0
         if held:
             raise errors.Refused(domain=tree.domain, reason=(
                 f"the legacy folder has no {tree.kind.plural} but the store holds {held}; "

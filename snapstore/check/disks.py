@@ -11,6 +11,8 @@ import json
 import subprocess
 from collections import defaultdict
 
+from lxml import etree
+
 from snapstore import codes, kinds, model
 from snapstore.check import findings
 
@@ -38,15 +40,16 @@ def _expected_by_image(tree: model.Tree) -> dict[tuple[str, str], set[str]]:
     """(image path, format) -> names of the snapshots it must hold internally."""
     expected: dict[tuple[str, str], set[str]] = defaultdict(set)
     for moment in tree.moments:
-        for disk in moment.element.iterfind("disks/disk[@snapshot='internal']"):
-            source = _source_of(moment, disk.get("name", ""))
+        element = moment.element  # parsed once per moment
+        for disk in element.iterfind("disks/disk[@snapshot='internal']"):
+            source = _source_of(element, disk.get("name", ""))
             if source is not None:
                 expected[source].add(moment.name)
     return expected
 
 
-def _source_of(moment: model.Moment, target: str) -> tuple[str, str] | None:
-    for disk in moment.element.iterfind("domain/devices/disk"):
+def _source_of(moment: etree._Element, target: str) -> tuple[str, str] | None:
+    for disk in moment.iterfind("domain/devices/disk"):
         source = disk.find("source")
         if source is None or source.get("file") is None:
             continue

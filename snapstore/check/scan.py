@@ -10,7 +10,6 @@ import os
 import stat
 from pathlib import Path
 
-from lxml import etree
 
 from snapstore import codes, config, errors, fsio, kinds, legacydir, model, naming, store
 from snapstore.check import disks, findings, schema
@@ -185,7 +184,7 @@ class DomainCheck:
             self.add(codes.ONLY_IN_STORE, f"{self.kind.name} {name!r} is not in libvirt's folder", name,
                      self.store.path(self.kind, self.domain), hint)
         for name in sorted(set(in_folder) & set(in_store)):
-            if not same_content(in_folder[name].element, in_store[name].element):
+            if not in_folder[name].same_content(in_store[name]):
                 self.add(codes.CONTENT_DIFFERS, f"{self.kind.name} {name!r} differs between store and folder",
                          name, in_folder[name].source, hint)
         folder_current, store_current = scan.folder.tree().current, scan.stored.current
@@ -201,20 +200,12 @@ class DomainCheck:
         if uuid is None:
             return
         for moment in tree.moments:
-            for found in moment.uuids():
+            for found in moment.uuids:
                 if found != uuid:
                     self.add(codes.UUID_VS_DEFINITION, f"{self.kind.name} {moment.name!r} embeds uuid {found}, "
                              f"the domain is {uuid}", moment.name, moment.source,
                              "this metadata belongs to another domain; restore --rewrite-uuid if intended")
                     break
-
-
-def same_content(first: etree._Element, second: etree._Element) -> bool:
-    """C14N equality, with a cheap byte comparison first (both are lxml trees
-    serialized the same way, so equal content almost always gives equal bytes)."""
-    if xmlsafe.serialize(first, 0) == xmlsafe.serialize(second, 0):
-        return True
-    return xmlsafe.canonical(first) == xmlsafe.canonical(second)
 
 
 def _definition_uuid(folder: Path | None, domain: str) -> str | None:

@@ -20,32 +20,27 @@ _DECLARATION = b"<?xml version='1.0' encoding='UTF-8'?>\n"
 
 def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
                        limit: int = DEFAULT_LIMIT) -> model.Tree:
-    root = xmlsafe.parse_bytes(data, source, limit)
+    """The tree in ``data``, read one moment at a time (see xmlsafe.stream)."""
+    elements = xmlsafe.stream(data, source, limit)
+    root = next(elements)
     if root.tag != kind.plural:
         raise errors.FormatError(source, f"root element is <{root.tag}>, expected <{kind.plural}>", codes.WRONG_ROOT)
     version = root.get("format")
     if version != FORMAT_VERSION:
         raise errors.FormatError(source, f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
-    domain = root.get("domain")
+    domain, current = root.get("domain"), root.get("current")
     if not domain:
         raise errors.FormatError(source, "root element has no domain attribute")
-    moments = [_moment(child, kind, source) for child in root if isinstance(child.tag, str)]
-    return model.Tree(kind, domain, moments, root.get("current"))
+    moments = [_moment(child, kind, source) for child in elements]
+    return model.Tree(kind, domain, moments, current)
 
 
-def domain_attribute(data: bytes) -> str | None:
+def domain_attribute(data: bytes, limit: int = DEFAULT_LIMIT) -> str | None:
     """The root's ``domain`` attribute, read without building the moments."""
-    parser = etree.XMLPullParser(events=("start",), resolve_entities=False, no_network=True,
-                                 load_dtd=False, huge_tree=False)
-    chunk = 1 << 16
     try:
-        for offset in range(0, len(data), chunk):
-            parser.feed(data[offset:offset + chunk])
-            for _event, element in parser.read_events():
-                return element.get("domain")
-    except etree.XMLSyntaxError:
-        pass
-    return None
+        return next(xmlsafe.stream(data, "", limit)).get("domain")
+    except errors.FormatError:
+        return None
 
 
 def format_consolidated(tree: model.Tree) -> bytes:
@@ -57,7 +52,7 @@ def format_consolidated(tree: model.Tree) -> bytes:
         return _DECLARATION + start + b"\n"
     parts = [_DECLARATION, start[:-2], b">\n"]
     for moment in tree.topological():  # each child as libvirt writes it, not indented further
-        parts += [xmlsafe.serialize(moment.element), b"\n"]
+        parts += [moment.body, b"\n"]
     parts.append(f"</{tree.kind.plural}>\n".encode())
     return b"".join(parts)
 

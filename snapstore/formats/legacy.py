@@ -45,27 +45,27 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
 
 def format_legacy(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     """The file libvirt would write for this moment, byte for byte in structure."""
-    element = moment.element
+    return _HEADER.format(command=kind.edit_command).encode() + _with_active(moment, kind, active) + b"\n"
+
+
+def _with_active(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     if not kind.stores_current:
-        body = xmlsafe.serialize(element)
-    else:
-        last = element[-1] if len(element) else None
-        saved = last.tail if last is not None else element.text
-        marker = etree.SubElement(element, "active")
-        marker.text, marker.tail = ("1" if active else "0"), "\n"
-        if last is not None and not (saved or "").strip():
-            last.tail = "\n  "
-        elif last is None and not (saved or "").strip():
-            element.text = "\n  "
-        try:
-            body = xmlsafe.serialize(element)
-        finally:  # the model keeps its element as it was
-            element.remove(marker)
-            if last is not None:
-                last.tail = saved
-            else:
-                element.text = saved
-    return _HEADER.format(command=kind.edit_command).encode() + body + b"\n"
+        return moment.body
+    marker = b"<active>1</active>" if active else b"<active>0</active>"
+    closing = b">\n</" + kind.root_tag.encode() + b">"
+    if moment.body.endswith(closing):  # libvirt's layout: the last child then the closing tag
+        cut = len(moment.body) - len(closing) + 2
+        return moment.body[:cut] + b"  " + marker + b"\n" + moment.body[cut:]
+    element = moment.element  # anything else: placed by the tree, so text around it is kept
+    last = element[-1] if len(element) else None
+    saved = last.tail if last is not None else element.text
+    node = etree.SubElement(element, "active")
+    node.text, node.tail = marker[8:9].decode(), "\n"
+    if last is not None and not (saved or "").strip():
+        last.tail = "\n  "
+    elif last is None and not (saved or "").strip():
+        element.text = "\n  "
+    return xmlsafe.serialize(element)
 
 
 def _pop_active(root: etree._Element, source: str) -> bool:

@@ -8,41 +8,102 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
 
 from lxml import etree
 
 from snapstore import codes, errors
 
 _local = threading.local()
+_OPTIONS = dict(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+_CHUNK = 1 << 16
 
 
 def _parser() -> etree.XMLParser:
     # lxml parsers are not thread-safe; one per thread, reused for speed.
     parser = getattr(_local, "parser", None)
     if parser is None:
-        parser = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False,
-            dtd_validation=False, huge_tree=False, remove_blank_text=False,
-        )
+        parser = etree.XMLParser(dtd_validation=False, remove_blank_text=False, **_OPTIONS)
         _local.parser = parser
     return parser
 
 
 def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
     """Parse one document and return its root element, or raise FormatError."""
-    if len(data) > limit:
-        raise errors.FormatError(source, f"larger than the {limit}-byte limit ({len(data)} bytes)",
-                                 codes.OVER_LIBVIRT_LIMIT)
+    _refuse_oversize(data, source, limit)
     try:
         document = etree.fromstring(data, _parser()).getroottree()
     except etree.XMLSyntaxError as e:
         raise errors.FormatError(source, f"not well-formed XML: {_first_line(e)}") from e
+    _refuse_doctype(document, source)
+    root = document.getroot()
+    _refuse_entities(root, source)
+    return root
+
+
+def reparse(data: bytes) -> etree._Element:
+    """Parse bytes this program serialized itself from a checked document."""
+    return etree.fromstring(data, _parser())
+
+
+def stream(data: bytes, source: str, limit: int) -> Iterator[etree._Element]:
+    """The root element (attributes only), then each element child, whole.
+
+    For documents too large to hold as one tree: a child is emptied and
+    dropped once the caller has moved on, so memory holds one child at a
+    time.  The same checks as parse_bytes, raised as the parse gets there.
+    """
+    _refuse_oversize(data, source, limit)
+    parser = etree.XMLPullParser(events=("start", "end"), **_OPTIONS)
+    depth, root = 0, None
+    for offset in range(0, max(len(data), 1), _CHUNK):
+        for event, element in _events(parser, data[offset:offset + _CHUNK], source):
+            if event == "start":
+                depth += 1
+                if root is None:
+                    root = element
+                    _refuse_doctype(element.getroottree(), source)
+                    yield root
+                continue
+            depth -= 1
+            if depth == 1:
+                _refuse_entities(element, source)
+                yield element
+                element.clear(keep_tail=True)
+                while element.getprevious() is not None:
+                    del root[0]
+    for _ in _events(parser, None, source):
+        pass
+    if root is None:
+        raise errors.FormatError(source, "not well-formed XML: no root element")
+
+
+def _refuse_oversize(data: bytes, source: str, limit: int) -> None:
+    if len(data) > limit:
+        raise errors.FormatError(source, f"larger than the {limit}-byte limit ({len(data)} bytes)",
+                                 codes.OVER_LIBVIRT_LIMIT)
+
+
+def _events(parser: etree.XMLPullParser, chunk: bytes | None,
+            source: str) -> Iterator[tuple[str, etree._Element]]:
+    try:
+        if chunk is None:
+            parser.close()
+        else:
+            parser.feed(chunk)
+    except etree.XMLSyntaxError as e:
+        raise errors.FormatError(source, f"not well-formed XML: {_first_line(e)}") from e
+    yield from parser.read_events()
+
+
+def _refuse_doctype(document: etree._ElementTree, source: str) -> None:
     if document.docinfo.doctype or document.docinfo.internalDTD is not None:
         raise errors.FormatError(source, "has a DOCTYPE (entities and DTDs are refused)")
-    root = document.getroot()
-    if next(root.iter(etree.Entity), None) is not None:  # lxml filters by node type in C
+
+
+def _refuse_entities(element: etree._Element, source: str) -> None:
+    if next(element.iter(etree.Entity), None) is not None:  # lxml filters by node type in C
         raise errors.FormatError(source, "holds an entity reference (refused)")
-    return root
 
 
 def canonical(element: etree._Element) -> bytes:

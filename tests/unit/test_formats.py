@@ -114,6 +114,42 @@ def test_deep_nesting_is_refused() -> None:
         parse(data)
 
 
+CONSOLIDATED_XXE = b"""<?xml version="1.0"?><!DOCTYPE s [<!ENTITY x SYSTEM "file:///etc/shadow">]>
+<snapshots domain='v' format='1'><domainsnapshot><name>&x;</name></domainsnapshot></snapshots>"""
+CONSOLIDATED_LAUGHS = LAUGHS.replace(b"<domainsnapshot><name>&j;</name><active>0</active></domainsnapshot>",
+                                     b"<snapshots domain='v' format='1'><domainsnapshot><name>&j;</name>"
+                                     b"</domainsnapshot></snapshots>")
+STORE_OK = b"<snapshots domain='v' format='1'><domainsnapshot><name>a</name></domainsnapshot>"
+
+
+@pytest.mark.parametrize("data, reason", [
+    (CONSOLIDATED_XXE, "DOCTYPE"),
+    (CONSOLIDATED_LAUGHS, "DOCTYPE|amplification"),
+    (STORE_OK, "not well-formed"),  # truncated: the end tag never comes
+    (STORE_OK + b"</snapshots><x/>", "not well-formed"),
+    (b"", "not well-formed"),
+    (b"<!-- only a comment -->", "not well-formed"),
+    (STORE_OK + b"<domainsnapshot>" + b"<a>" * 10000 + b"</a>" * 10000 + b"</domainsnapshot></snapshots>",
+     "not well-formed"),
+    (STORE_OK + b"<domainsnapshot><name>" + b"x" * 300 + b"</name></domainsnapshot></snapshots>", "300-byte limit"),
+], ids=["xxe", "billion-laughs", "truncated", "trailing-element", "empty", "no-root", "deep", "oversize"])
+def test_consolidated_stream_refuses_what_the_whole_parse_refuses(data: bytes, reason: str) -> None:
+    with pytest.raises(errors.FormatError, match=reason):
+        consolidated.parse_consolidated(data, SNAP, "c", limit=300 if reason == "300-byte limit" else 1 << 20)
+
+
+def test_consolidated_moments_are_bytes_and_reparse_to_the_same_tree() -> None:
+    """Each moment keeps its serialized bytes, not a parsed tree (memory: ~15x the bytes)."""
+    files = [samples.snapshot_xml(f"s{i}", f"s{i - 1}" if i else None, i == 2, 1700000000 + i) for i in range(3)]
+    tree = model.Tree(SNAP, "vm1", [parse(f).moment for f in files], "s2")
+    again = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c")
+    assert [m.body for m in again.topological()] == [m.body for m in tree.topological()]
+    assert all(isinstance(m.body, bytes) and m.element.findtext("name") == m.name for m in again.moments)
+    for m in again.topological():
+        back = parse(legacy.format_legacy(m, SNAP, m.name == "s2"))
+        assert (back.moment.body, back.active) == (m.body, m.name == "s2")
+
+
 def test_consolidated_refuses_foreign_children_and_versions() -> None:
     for data, reason in [(b"<snapshots domain='v' format='2'/>", "format '2'"),
                          (b"<snapshots format='1'/>", "no domain"),

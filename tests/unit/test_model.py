@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import random
 
-from lxml import etree
-
 from snapstore import codes, kinds, model
 
 
 def moment(name: str, parent: str | None = None, created: int | None = 0, uuid: str = "u1") -> model.Moment:
-    element = etree.fromstring(f"<domainsnapshot><name/><domain><uuid>{uuid}</uuid></domain></domainsnapshot>")
-    element.find("name").text = name
-    return model.Moment(name, parent, created, element)
+    return model.Moment(name, parent, created, body=b"<domainsnapshot/>", uuids=(uuid,))
 
 
 def names(moments: list[model.Moment]) -> list[str]:
