@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from snapstore import codes, errors, fsio, kinds, model, naming
+from snapstore import codes, errors, fsio, index, kinds, model, naming
 from snapstore.formats import legacy, xmlsafe
 
 LIBVIRT_TEMP_SUFFIX = ".new"  # virFileRewrite's temp: <name>.xml.new
@@ -81,11 +81,15 @@ def domains(root: Path) -> list[str]:
 
 # File name -> ((inode, size, mtime_ns), parsed entry): lets a caller that
 # reads the same folder again parse only the files that changed.
-Cache = dict[str, tuple[tuple[int, int, int], legacy.LegacyMoment]]
+Sources = index.Sources  # file name -> [device, inode, size, mtime_ns], [] if gone meanwhile
+Cache = dict[str, tuple[list[int], legacy.LegacyMoment]]  # file name -> (its source entry, parsed)
 
 
 def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
-                cache: Cache | None = None) -> LegacyFolder:
+                cache: Cache | None = None, seen: Sources | None = None) -> LegacyFolder:
+    """Every entry of a domain folder, parsed.  With ``cache`` and ``seen``
+    (the entries' identities, taken just before), a file whose identity is
+    the cached one is not read again."""
     path = domain_folder(root, domain)
     folder = LegacyFolder(kind, domain, path)
     with fsio.opened_dir(path, missing_ok=True) as dir_fd:
@@ -95,7 +99,12 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
         folder.identity = (info.st_dev, info.st_ino)
         names = sorted(os.listdir(dir_fd))
         for name in names:
-            _read_entry(folder, dir_fd, name, limit, cache)
+            identity = seen.get(name) if seen and cache is not None else None
+            hit = cache.get(name) if identity else None
+            if hit is not None and hit[0] == identity:
+                _add(folder, name, hit[1])
+            else:
+                _read_entry(folder, dir_fd, name, limit, cache, identity)
     if cache is not None:
         for gone in set(cache) - set(names):
             del cache[gone]
@@ -115,17 +124,17 @@ def read_settled(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.
     """
     for _attempt in range(attempts):
         before = sources(root, domain)
-        folder = read_folder(root, kind, domain, limit, cache)
+        folder = read_folder(root, kind, domain, limit, cache, before)
         if sources(root, domain) == before:
             folder.sources = before
             return folder
     raise errors.FolderBusy(domain=domain, path=domain_folder(root, domain), attempts=attempts)
 
 
-def sources(root: Path, domain: str) -> dict[str, list[int]] | None:
-    """(device, inode, size, mtime_ns) of every entry of a domain folder,
-    None when there is no folder: taken BEFORE reading, so a change made
-    while the folder is read shows as a difference next time."""
+def sources(root: Path, domain: str) -> Sources | None:
+    """The identity of every entry of a domain folder, None when there is no
+    folder: taken BEFORE reading, so a change made while the folder is read
+    shows as a difference."""
     with fsio.opened_dir(domain_folder(root, domain), missing_ok=True) as dir_fd:
         if dir_fd is None:
             return None
@@ -140,7 +149,8 @@ def sources(root: Path, domain: str) -> dict[str, list[int]] | None:
         return found
 
 
-def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
+def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None,
+                identity: list[int] | None) -> None:
     display = f"{folder.path}{os.sep}{name}"  # a string: a Path per file costs more than parsing it
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
         folder.notes.append(Remark(codes.LIBVIRT_TEMP, display, "libvirt temp left by an interrupted write, ignored"))
@@ -154,33 +164,20 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
                                                   codes.UNSTORABLE_NAME))
         return
     try:
-        entry = _parsed(dir_fd, name, display, folder.kind, limit, cache)
+        entry = legacy.parse_legacy(fsio.read_regular(dir_fd, name, limit, display), folder.kind, display, limit)
     except errors.FormatError as e:
         folder.failures.append(e)
         return
+    if cache is not None and identity:
+        cache[name] = (identity, entry)
+    _add(folder, name, entry)
+
+
+def _add(folder: LegacyFolder, name: str, entry: legacy.LegacyMoment) -> None:
     if naming.legacy_file_name(entry.moment.name) != name:
-        folder.notes.append(Remark(codes.FILE_NAME_MISMATCH, display,
+        folder.notes.append(Remark(codes.FILE_NAME_MISMATCH, f"{folder.path}{os.sep}{name}",
                                    f"holds {folder.kind.name} {entry.moment.name!r}; its name wins, as in libvirt"))
     folder.entries[name] = entry
-
-
-def _parsed(dir_fd: int, name: str, display: str, kind: kinds.Kind, limit: int,
-            cache: Cache | None) -> legacy.LegacyMoment:
-    identity = _identity(dir_fd, name) if cache is not None else None
-    if identity is not None and name in cache and cache[name][0] == identity:
-        return cache[name][1]
-    entry = legacy.parse_legacy(fsio.read_regular(dir_fd, name, limit, display), kind, str(display), limit)
-    if identity is not None:
-        cache[name] = (identity, entry)
-    return entry
-
-
-def _identity(dir_fd: int, name: str) -> tuple[int, int, int] | None:
-    try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def format_files(tree: model.Tree) -> dict[str, bytes]:

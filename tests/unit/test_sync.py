@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from snapstore import config, kinds, store
+from snapstore import config, fsio, kinds, store
 from snapstore.daemon import sync
 from snapstore.formats import legacy
 
@@ -82,6 +82,31 @@ def test_only_changed_files_are_parsed_again(env, monkeypatch) -> None:
     (folder / "tmp").rename(folder / "s3.xml")  # libvirt's way: a new inode renamed over
     synchronizer.sync(KEY)
     assert parsed == ["s3.xml"]
+
+
+def test_a_folder_changed_while_read_is_not_committed(env, monkeypatch) -> None:
+    """libvirt makes b current (b.xml, then a.xml unmarked) between listing and reading a.xml:
+    the read saw {a, not current}, a state the folder never held; it waits for the next sync."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY)
+    committed = synchronizer.store.path(*KEY).read_bytes()
+    real = fsio.read_regular
+
+    def libvirt_writes_first(dir_fd, name, *args):
+        if name == "a.xml" and not (folder / "b.xml").exists():
+            for new, data in (("b.xml", samples.snapshot_xml("b", "a", active=True, created=1700000009)),
+                              ("a.xml", samples.snapshot_xml("a", None, active=False))):
+                (folder / "planting").write_bytes(data)
+                (folder / "planting").rename(folder / new)
+        return real(dir_fd, name, *args)
+    monkeypatch.setattr(fsio, "read_regular", libvirt_writes_first)
+    (folder / "a.xml").write_bytes(samples.snapshot_xml("a", None, active=True, description="touched"))
+    assert synchronizer.sync(KEY) is sync.Outcome.UNSETTLED
+    assert synchronizer.store.path(*KEY).read_bytes() == committed
+    assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED
+    tree = synchronizer.store.read_tree(*KEY)
+    assert (sorted(tree.by_name), tree.current) == (["a", "b"], "b")
 
 
 def test_start_guard_keeps_a_store_file_libvirt_lost(env) -> None:
