@@ -18,9 +18,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from snapstore import codes, errors, fsio, index, kinds, lazy, limits, naming
 
@@ -28,6 +28,7 @@ from snapstore import codes, errors, fsio, index, kinds, lazy, limits, naming
 consolidated = lazy.module("snapstore.formats.consolidated")
 model = lazy.module("snapstore.model")
 
+T = TypeVar("T")
 _FOLDERS = ("snapshots", "checkpoints", "locks", "attic", "index")
 _LOCK_POLL = 0.02
 
@@ -106,13 +107,7 @@ class Store:
 
     def read_bytes(self, kind: kinds.Kind, domain: str) -> bytes | None:
         path = self.path(kind, domain)
-        try:
-            with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
-                return None if dir_fd is None else fsio.read_regular(dir_fd, path.name, self.read_limit, path)
-        except errors.FormatError as e:
-            if isinstance(e.__cause__, FileNotFoundError):
-                return None
-            raise
+        return _unless_missing(path, lambda dir_fd: fsio.read_regular(dir_fd, path.name, self.read_limit, path))
 
     def read_tree(self, kind: kinds.Kind, domain: str) -> model.Tree | None:
         """The committed tree, validated, or None when there is no file."""
@@ -198,13 +193,8 @@ class Store:
 
     def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
         path = self.path(tree.kind, tree.domain)
-        try:
-            with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
-                if dir_fd is not None and fsio.holds(dir_fd, path.name, data, self.read_limit, path):
-                    return False
-        except errors.FormatError as e:
-            if not isinstance(e.__cause__, FileNotFoundError):
-                raise
+        if _unless_missing(path, lambda dir_fd: fsio.holds(dir_fd, path.name, data, self.read_limit, path)):
+            return False
         if not tree.moments and not allow_empty:
             self._refuse_emptying(tree)
         return True
@@ -227,6 +217,17 @@ class Store:
                 fsio.fsync_dir(fd, target)
                 fsio.fsync_dir(attic_fd, target)
         return target
+
+
+def _unless_missing(path: Path, action: Callable[[int], T]) -> T | None:
+    """``action`` on the folder of ``path``; None when the folder or the file is missing."""
+    try:
+        with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
+            return None if dir_fd is None else action(dir_fd)
+    except errors.FormatError as e:
+        if isinstance(e.__cause__, FileNotFoundError):
+            return None
+        raise
 
 
 def _rows(tree: model.Tree) -> list[index.Row]:
