@@ -63,6 +63,11 @@ def is_stale_temp(name: str) -> bool:
 
 def read_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> bytes:
     """Read one regular file, at most ``limit`` bytes, or raise FormatError."""
+    return read_identified(dir_fd, name, limit, display)[0]
+
+
+def read_identified(dir_fd: int, name: str, limit: int, display: Path | str) -> tuple[bytes, list[int]]:
+    """read_regular, and the file's [device, inode, size, mtime_ns] as read."""
     with _opened_regular(dir_fd, name, limit, display) as (fd, info):
         try:
             data = _read_up_to(fd, info.st_size, limit + 1)
@@ -70,7 +75,13 @@ def read_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> byt
             raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
     if len(data) > limit:
         raise errors.FormatError(display, f"grew over the {limit}-byte limit while being read", codes.OVER_LIBVIRT_LIMIT)
-    return data
+    return data, identity(info)
+
+
+def identity(info: os.stat_result) -> list[int]:
+    """What tells one version of a file from another: libvirt replaces a file
+    by a rename (a new inode); an edit in place changes size or mtime."""
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
 
 
 def holds(dir_fd: int, name: str, data: bytes, limit: int, display: Path | str) -> bool:

@@ -42,6 +42,8 @@ class LegacyFolder:
     notes: list[Remark] = dataclasses.field(default_factory=list)
     libvirt_temps: list[str] = dataclasses.field(default_factory=list)  # <name>.xml.new: a write in flight
     identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
+    listed: list[str] = dataclasses.field(default_factory=list)  # every entry, sorted
+    read_as: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # file -> identity when read
     sources: dict[str, list[int]] | None = None  # set by read_settled: the entries the read saw
 
     def tree(self) -> model.Tree:
@@ -82,14 +84,18 @@ def domains(root: Path) -> list[str]:
 # File name -> ((inode, size, mtime_ns), parsed entry): lets a caller that
 # reads the same folder again parse only the files that changed.
 Sources = index.Sources  # file name -> [device, inode, size, mtime_ns], [] if gone meanwhile
-Cache = dict[str, tuple[list[int], legacy.LegacyMoment]]  # file name -> (its source entry, parsed)
+Cache = dict[str, tuple[list[int], legacy.LegacyMoment]]  # file name -> (its identity when read, parsed)
 
 
 def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
-                cache: Cache | None = None, seen: Sources | None = None) -> LegacyFolder:
-    """Every entry of a domain folder, parsed.  With ``cache`` and ``seen``
-    (the entries' identities, taken just before), a file whose identity is
-    the cached one is not read again."""
+                cache: Cache | None = None) -> LegacyFolder:
+    """Every entry of a domain folder, parsed; ``folder.read_as`` holds the
+    identity of each file as read (fstat of the descriptor read from).
+
+    A file in ``cache`` is taken from it unread: whoever passes a cache drops
+    the entries of files that changed, and read_settled proves afterwards
+    that the others did not.
+    """
     path = domain_folder(root, domain)
     folder = LegacyFolder(kind, domain, path)
     with fsio.opened_dir(path, missing_ok=True) as dir_fd:
@@ -97,44 +103,57 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
             raise errors.UnknownDomain(domain=domain, reason=f"no folder {path}")
         info = os.fstat(dir_fd)
         folder.identity = (info.st_dev, info.st_ino)
-        names = sorted(os.listdir(dir_fd))
-        for name in names:
-            identity = seen.get(name) if seen and cache is not None else None
-            hit = cache.get(name) if identity else None
-            if hit is not None and hit[0] == identity:
+        folder.listed = sorted(os.listdir(dir_fd))
+        for name in folder.listed:
+            hit = cache.get(name) if cache is not None else None
+            if hit is not None:
+                folder.read_as[name] = hit[0]
                 _add(folder, name, hit[1])
             else:
-                _read_entry(folder, dir_fd, name, limit, cache, identity)
+                _read_entry(folder, dir_fd, name, limit, cache)
     if cache is not None:
-        for gone in set(cache) - set(names):
+        for gone in set(cache) - set(folder.listed):
             del cache[gone]
     return folder
 
 
 def read_settled(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
                  cache: Cache | None = None, attempts: int = 3) -> LegacyFolder:
-    """read_folder, with the folder's entries compared before and after.
+    """read_folder, proven to have seen one state of the folder.
 
     libvirt changes a folder file by file (a new current snapshot is a new
     file, then the old current rewritten), so a read that overlaps a change
-    can see a state the folder never held: no current snapshot, say.  Equal
-    entries (inode, size, mtime) before and after prove the read saw one
-    state; otherwise it is read again, and after ``attempts`` FolderBusy.
-    ``folder.sources`` is the proof, reusable as the index's sources.
+    can see a state the folder never held: no current snapshot, say.  After
+    the read every entry is stat-ed once more: the same names, and each file
+    with the identity (inode, size, mtime) it had when read, prove that what
+    was read is what the folder holds now.  Otherwise the changed files are
+    read again, and after ``attempts`` reads FolderBusy.  ``folder.sources``
+    is that last listing, reusable as the index's sources.
     """
+    cache = {} if cache is None else cache  # a second attempt reads only what changed
     for _attempt in range(attempts):
-        before = sources(root, domain)
-        folder = read_folder(root, kind, domain, limit, cache, before)
-        if sources(root, domain) == before:
-            folder.sources = before
+        folder = read_folder(root, kind, domain, limit, cache)
+        after = sources(root, domain)
+        changed = _changed_since_read(folder, after)
+        if not changed:
+            folder.sources = after
             return folder
+        for name in changed:
+            cache.pop(name, None)
     raise errors.FolderBusy(domain=domain, path=domain_folder(root, domain), attempts=attempts)
 
 
+def _changed_since_read(folder: LegacyFolder, after: Sources | None) -> set[str]:
+    if after is None:
+        raise errors.UnknownDomain(domain=folder.domain, reason=f"folder {folder.path} removed while read")
+    changed = set(after).symmetric_difference(folder.listed)
+    changed.update(name for name, identity in folder.read_as.items() if after.get(name) != identity)
+    return changed
+
+
 def sources(root: Path, domain: str) -> Sources | None:
-    """The identity of every entry of a domain folder, None when there is no
-    folder: taken BEFORE reading, so a change made while the folder is read
-    shows as a difference."""
+    """The identity (fsio.identity) of every entry of a domain folder, None
+    when there is no folder."""
     with fsio.opened_dir(domain_folder(root, domain), missing_ok=True) as dir_fd:
         if dir_fd is None:
             return None
@@ -145,12 +164,11 @@ def sources(root: Path, domain: str) -> Sources | None:
             except FileNotFoundError:  # removed meanwhile (libvirt deleting a snapshot)
                 found[name] = []
                 continue
-            found[name] = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+            found[name] = fsio.identity(info)
         return found
 
 
-def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None,
-                identity: list[int] | None) -> None:
+def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
     display = f"{folder.path}{os.sep}{name}"  # a string: a Path per file costs more than parsing it
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
         folder.notes.append(Remark(codes.LIBVIRT_TEMP, display, "libvirt temp left by an interrupted write, ignored"))
@@ -164,11 +182,13 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
                                                   codes.UNSTORABLE_NAME))
         return
     try:
-        entry = legacy.parse_legacy(fsio.read_regular(dir_fd, name, limit, display), folder.kind, display, limit)
+        data, identity = fsio.read_identified(dir_fd, name, limit, display)
+        folder.read_as[name] = identity
+        entry = legacy.parse_legacy(data, folder.kind, display, limit)
     except errors.FormatError as e:
         folder.failures.append(e)
         return
-    if cache is not None and identity:
+    if cache is not None:
         cache[name] = (identity, entry)
     _add(folder, name, entry)
 

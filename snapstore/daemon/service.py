@@ -83,6 +83,8 @@ class Service:
         for item in items:
             if item[0] == "domain":
                 self.debouncer.touch((item[1], item[2]), now)
+                if item[3] is not None:
+                    self.sync.forget((item[1], item[2]), item[3])
             elif item[0] == "reload":
                 self._reload()
             elif item[0] == "stop":

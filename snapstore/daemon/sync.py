@@ -76,6 +76,12 @@ class Synchronizer:
             return min(_MAX_BACKOFF, max(self.settings.quiet_period, 0.1) * 2 ** min(failures, 10))
         return None
 
+    def forget(self, key: Key, name: str) -> None:
+        """libvirt changed the file ``name``: parse it again at the next sync."""
+        state = self.domains.get(key)
+        if state is not None:
+            state.cache.pop(name, None)
+
     def sync(self, key: Key, at_start: bool = False) -> Outcome:
         kind, domain = key
         path = self.root(kind) / domain
@@ -96,8 +102,10 @@ class Synchronizer:
     def _sync(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
         kind, domain = key
         try:
+            # Two reads at most: the second re-reads a file changed before the
+            # first whose event is still on its way.
             folder = legacydir.read_settled(self.root(kind), kind, domain, self.settings.max_legacy_bytes,
-                                            state.cache, attempts=1)
+                                            state.cache, attempts=2)
         except errors.UnknownDomain:
             return self._folder_gone(key, state, at_start)
         except errors.FolderBusy:  # the change that overlapped the read has its own event: read after it

@@ -1,8 +1,9 @@
 """inotify (through watchdog) on libvirt's snapshot and checkpoint roots.
 
-Events become ("domain", kind, domain) items on the daemon's queue; the
-daemon decides when to read. An inotify queue overflow (watchdog only logs
-it, then rebuilds its watches) and a dead observer become ("rescan",).
+Events become ("domain", kind, domain, file name or None) items on the
+daemon's queue; the daemon decides when to read, and reads the named files
+again. An inotify queue overflow (watchdog only logs it, then rebuilds its
+watches) and a dead observer become ("rescan",).
 """
 from __future__ import annotations
 
@@ -60,19 +61,22 @@ class _Handler(events.FileSystemEventHandler):
         if event.event_type in (events.EVENT_TYPE_OPENED, events.EVENT_TYPE_CLOSED_NO_WRITE):
             return
         paths = [event.src_path, getattr(event, "dest_path", "")]
-        for domain in {self._domain_of(os.fsdecode(path)) for path in paths if path}:
-            if domain is not None:
-                self.sink.put(("domain", self.kind, domain))
+        for found in {self._entry_of(os.fsdecode(path)) for path in paths if path}:
+            if found is not None:
+                self.sink.put(("domain", self.kind, *found))
 
-    def _domain_of(self, path: str) -> str | None:
-        """The domain a path belongs to, or None for what we ignore."""
+    def _entry_of(self, path: str) -> tuple[str, str | None] | None:
+        """(domain, file name, or None for the domain folder itself) of a
+        path, or None for what we ignore."""
         relative = os.path.relpath(path, self.root)
         parts = relative.split(os.sep)
         if relative.startswith("..") or parts[0] in (".", "") or parts[0].startswith(fsio.TEMP_PREFIX):
             return None
         if len(parts) == 2 and not parts[1].endswith(".xml"):
             return None  # libvirt's <name>.xml.new temps and foreign files
-        return parts[0] if len(parts) <= 2 else None
+        if len(parts) > 2:
+            return None
+        return parts[0], parts[1] if len(parts) == 2 else None
 
 
 class _OverflowSignal(logging.Handler):

@@ -241,15 +241,16 @@ def test_a_folder_rewritten_while_read_is_not_committed_half_old_half_new(sandbo
     with <active>0) after consolidate listed the folder and before it read s1.xml. The folder held
     {s1 current} and then {s1, s2 current}; it never held {s1} with no current snapshot."""
     folder = campaign.write_legacy(sandbox.libvirt / "vm1", {"s1.xml": GOOD("s1", None, True)})
-    real = fsio.read_regular
+    real = fsio.read_identified  # what legacydir reads each file with
 
     def libvirt_writes_first(dir_fd, name, *args, **kwargs):
         if name == "s1.xml" and not (folder / "s2.xml").exists():
             campaign.plant(folder, "s2.xml", GOOD("s2", "s1", True, 1700000001))
             campaign.plant(folder, "s1.xml", GOOD("s1", None, False))
         return real(dir_fd, name, *args, **kwargs)
-    monkeypatch.setattr(fsio, "read_regular", libvirt_writes_first)
+    monkeypatch.setattr(fsio, "read_identified", libvirt_writes_first)
     code = cli.main(["-q", *sandbox.argv("consolidate", "vm1")])
+    assert (folder / "s2.xml").exists(), "the interleaving never happened: legacydir reads files another way now"
     campaign.count("concurrency: deterministic interleavings tried")
     path = sandbox.store_file()
     held = campaign.parse_store(path.read_bytes()) if path.exists() else None

@@ -84,9 +84,9 @@ def test_libvirt_writes_map_to_their_domain_and_temps_are_ignored() -> None:
     key = ("domain", kinds.SNAPSHOT, "vm1")
     assert events_for(events.FileCreatedEvent("/r/vm1/s1.xml.new"),
                       events.FileModifiedEvent("/r/vm1/s1.xml.new")) == []
-    assert events_for(events.FileMovedEvent("/r/vm1/s1.xml.new", "/r/vm1/s1.xml")) == [key]
-    assert events_for(events.FileDeletedEvent("/r/vm1/s1.xml")) == [key]
-    assert events_for(events.DirDeletedEvent("/r/vm1")) == [key]
+    assert events_for(events.FileMovedEvent("/r/vm1/s1.xml.new", "/r/vm1/s1.xml")) == [(*key, "s1.xml")]
+    assert events_for(events.FileDeletedEvent("/r/vm1/s1.xml")) == [(*key, "s1.xml")]
+    assert events_for(events.DirDeletedEvent("/r/vm1")) == [(*key, None)]
     assert events_for(events.FileCreatedEvent("/r/vm1/notes.txt"),
                       events.DirCreatedEvent("/r/.snapstore-tmp-1-ab"),
                       events.FileCreatedEvent("/r/vm1/sub/deep.xml"),
