@@ -189,13 +189,30 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = Tru
             write_new(dir_fd, temp, data, mode, durable)
         except OSError as e:
             raise errors.WriteError(path=path, reason=reason(e)) from e
-        try:
-            os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as e:
-            _unlink_quietly(dir_fd, temp)
-            raise errors.WriteError(path=path, reason=reason(e)) from e
-        if durable:
-            fsync_dir(dir_fd, path)
+        # Held open across the rename: the kernel then frees the old file's
+        # blocks when it is closed, after the commit, not inside the rename
+        # (7 ms for a 7 MB file on ext4, the commit's visible latency).
+        with _held_open(dir_fd, path.name):
+            try:
+                os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as e:
+                _unlink_quietly(dir_fd, temp)
+                raise errors.WriteError(path=path, reason=reason(e)) from e
+            if durable:
+                fsync_dir(dir_fd, path)
+
+
+@contextlib.contextmanager
+def _held_open(dir_fd: int, name: str) -> Iterator[None]:
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError:  # no old file (or one we could not read anyway): nothing to hold
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def fsync_dir(dir_fd: int, display: Path) -> None:

@@ -30,7 +30,7 @@ class Moment:
     name: str
     parent: str | None
     creation_time: int | None
-    body: bytes
+    body: bytes = dataclasses.field(repr=False)  # SECURE XML: may hold passwords
     state: str | None = None
     uuids: tuple[str, ...] = ()  # embedded domain uuids, lower case
     source: str = ""  # where it was read from, for messages

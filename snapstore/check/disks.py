@@ -40,7 +40,9 @@ def _expected_by_image(tree: model.Tree) -> dict[tuple[str, str], set[str]]:
     """(image path, format) -> names of the snapshots it must hold internally."""
     expected: dict[tuple[str, str], set[str]] = defaultdict(set)
     for moment in tree.moments:
-        element = moment.element  # parsed once per moment
+        if b'snapshot="internal"' not in moment.body:  # serialized by lxml: always double quotes
+            continue
+        element = moment.element
         for disk in element.iterfind("disks/disk[@snapshot='internal']"):
             source = _source_of(element, disk.get("name", ""))
             if source is not None:
@@ -48,8 +50,8 @@ def _expected_by_image(tree: model.Tree) -> dict[tuple[str, str], set[str]]:
     return expected
 
 
-def _source_of(moment: etree._Element, target: str) -> tuple[str, str] | None:
-    for disk in moment.iterfind("domain/devices/disk"):
+def _source_of(element: etree._Element, target: str) -> tuple[str, str] | None:
+    for disk in element.iterfind("domain/devices/disk"):
         source = disk.find("source")
         if source is None or source.get("file") is None:
             continue

@@ -10,7 +10,6 @@ import os
 import stat
 from pathlib import Path
 
-
 from snapstore import codes, config, errors, fsio, kinds, legacydir, model, naming, store
 from snapstore.check import disks, findings, schema
 from snapstore.formats import consolidated, xmlsafe

@@ -7,6 +7,7 @@ huge_tree stays off). libvirt never writes a DOCTYPE, so any is refused.
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -54,10 +55,12 @@ def stream(data: bytes, source: str, limit: int) -> Iterator[etree._Element]:
     time.  The same checks as parse_bytes, raised as the parse gets there.
     """
     _refuse_oversize(data, source, limit)
+    etree.clear_error_log()  # so the first entry of an error's log is this document's
     parser = etree.XMLPullParser(events=("start", "end"), **_OPTIONS)
     depth, root = 0, None
-    for offset in range(0, max(len(data), 1), _CHUNK):
-        for event, element in _events(parser, data[offset:offset + _CHUNK], source):
+    chunks = itertools.chain((data[offset:offset + _CHUNK] for offset in range(0, len(data), _CHUNK)), [None])
+    for chunk in chunks:  # None: the end, whose events are handled the same way
+        for event, element in _events(parser, chunk, source):
             if event == "start":
                 depth += 1
                 if root is None:
@@ -72,8 +75,6 @@ def stream(data: bytes, source: str, limit: int) -> Iterator[etree._Element]:
                 element.clear(keep_tail=True)
                 while element.getprevious() is not None:
                     del root[0]
-    for _ in _events(parser, None, source):
-        pass
     if root is None:
         raise errors.FormatError(source, "not well-formed XML: no root element")
 
@@ -91,9 +92,14 @@ def _events(parser: etree.XMLPullParser, chunk: bytes | None,
             parser.close()
         else:
             parser.feed(chunk)
+        events = list(parser.read_events())
     except etree.XMLSyntaxError as e:
-        raise errors.FormatError(source, f"not well-formed XML: {_first_line(e)}") from e
-    yield from parser.read_events()
+        # The parser's first logged error is the cause; the exception may
+        # only say what followed it ("no element found").
+        first = e.error_log[0] if len(e.error_log) else None  # stream() cleared the log first
+        reason = f"{first.message}, line {first.line}, column {first.column}" if first else _first_line(e)
+        raise errors.FormatError(source, f"not well-formed XML: {reason}") from e
+    yield from events
 
 
 def _refuse_doctype(document: etree._ElementTree, source: str) -> None:
