@@ -735,10 +735,11 @@ class Bench:
             # _libvirt_write opens the file once itself to read it; the rest are the daemon's.
             files_per_change = (opens.count() - changes) / changes
         debounce = self.args.quiet_period
+        floor = _durable_replace_floor(store, self.work / f"latency-{n}-floor")
         found = {"samples": [round(s, 6) for s in latencies], "p50": percentile(latencies, 50),
                  "p99": percentile(latencies, 99), "max": max(latencies), "debounce": debounce,
                  "cpu_seconds_per_change": cpu_per_change, "bytes_read_per_change": read_per_change,
-                 "files_opened_per_change": files_per_change}
+                 "files_opened_per_change": files_per_change, "durable_replace_floor": floor}
         if idle:
             found["idle"] = self._idle(daemon)
         self.stop_daemon(daemon)
@@ -753,6 +754,8 @@ class Bench:
             self.row("daemon", f"change-to-commit {label}", n, value, baseline="debounce", base_value=debounce,
                      target=f"≤ debounce + {extra * 1e3:.0f} ms" if gated else "",
                      passed=value <= debounce + extra if gated else None)
+        self.row("daemon", "durable replace of the store file alone (reference)", n, floor * 1e3, unit="ms",
+                 baseline="write, fsync, rename of the same bytes")
         self.row("daemon", "daemon CPU per change", n, cpu_per_change * 1e3, unit="ms")
         self.row("daemon", "snapshot files the daemon opens per change", n, files_per_change, unit="files",
                  target="1, not N" if gated else "", passed=files_per_change <= 2 if gated else None)
@@ -966,6 +969,32 @@ def _recommit(path: Path) -> None:
     temp = path.with_name(f".snapbench-{path.name}")
     shutil.copy2(path, temp)
     os.replace(temp, path)
+
+
+def _durable_replace_floor(store: Path, scratch: Path, repeats: int = 15) -> float:
+    """Median seconds until a replacement of ``store``'s bytes is visible, done
+    the least durable way (temp, write, fsync, rename; the folder fsync and
+    freeing the old file come after): the part of a commit the disk sets."""
+    data = store.read_bytes()
+    scratch.mkdir(exist_ok=True)
+    target, temp = scratch / "store.xml", scratch / "store.xml.tmp"
+    target.write_bytes(data)
+    times = []
+    for _ in range(repeats):
+        old = os.open(target, os.O_RDONLY)
+        started = time.perf_counter()
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(temp, target)
+        times.append(time.perf_counter() - started)
+        folder = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(folder)
+        os.close(folder)
+        os.close(old)
+    shutil.rmtree(scratch)
+    return statistics.median(times)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
