@@ -15,7 +15,6 @@ name, and Store.domains reads it from there.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -69,6 +68,8 @@ def is_bounded_stem(name: str) -> bool:
 def _bounded(escaped: str, limit: int) -> str:
     if len(escaped) <= limit:
         return escaped
+    import hashlib  # here: every command imports this module, few need a digest
+
     digest = hashlib.sha256(unescape_domain(escaped).encode("utf-8", "surrogateescape")).hexdigest()
     prefix = escaped[:limit - 1 - _DIGEST_CHARS]
     # Do not end the readable part in the middle of a %XX escape.

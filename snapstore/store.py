@@ -81,7 +81,7 @@ class Store:
                 data = fsio.read_regular(dir_fd, stem + ".xml", self.read_limit, self.root / kind.plural / stem)
             except errors.FormatError:
                 return None
-        domain = consolidated.domain_attribute(data)
+        domain = consolidated.domain_attribute(data, kind)
         return domain if domain is not None and naming.domain_stem(domain) == stem else None
 
     @contextlib.contextmanager

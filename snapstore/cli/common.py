@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,33 @@ store = lazy.module("snapstore.store")
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line, like every other error."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, errors.one_line(f"snapstore: {message} (see '{self.prog} --help')") + "\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the width: argparse would import shutil for it,
+    and shutil its compression modules (~5 ms of every command, `list`
+    included, for help text that is rarely shown)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def global_options(suppress: bool) -> argparse.ArgumentParser:

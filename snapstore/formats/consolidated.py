@@ -21,10 +21,8 @@ _DECLARATION = b"<?xml version='1.0' encoding='UTF-8'?>\n"
 def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
                        limit: int = DEFAULT_LIMIT) -> model.Tree:
     """The tree in ``data``, read one moment at a time (see xmlsafe.stream)."""
-    elements = xmlsafe.stream(data, source, limit)
+    elements = xmlsafe.stream(data, source, limit, kind.plural, kind.root_tag)
     root = next(elements)
-    if root.tag != kind.plural:
-        raise errors.FormatError(source, f"root element is <{root.tag}>, expected <{kind.plural}>", codes.WRONG_ROOT)
     version = root.get("format")
     if version != FORMAT_VERSION:
         raise errors.FormatError(source, f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
@@ -35,10 +33,10 @@ def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
     return model.Tree(kind, domain, moments, current)
 
 
-def domain_attribute(data: bytes, limit: int = DEFAULT_LIMIT) -> str | None:
+def domain_attribute(data: bytes, kind: kinds.Kind, limit: int = DEFAULT_LIMIT) -> str | None:
     """The root's ``domain`` attribute, read without building the moments."""
     try:
-        return next(xmlsafe.stream(data, "", limit)).get("domain")
+        return next(xmlsafe.stream(data, "", limit, kind.plural, kind.root_tag)).get("domain")
     except errors.FormatError:
         return None
 
@@ -58,8 +56,6 @@ def format_consolidated(tree: model.Tree) -> bytes:
 
 
 def _moment(child: etree._Element, kind: kinds.Kind, source: str) -> model.Moment:
-    if child.tag != kind.root_tag:
-        raise errors.FormatError(source, f"holds <{child.tag}>, expected only <{kind.root_tag}> children", codes.WRONG_ROOT)
     if child.find("active") is not None and kind.stores_current:
         raise errors.FormatError(source, f"{kind.name} {child.findtext('name')!r} holds an <active> marker; "
                                          "the current one is named by the root's current attribute", codes.BAD_INTERNAL_ELEMENT)

@@ -7,7 +7,6 @@ huge_tree stays off). libvirt never writes a DOCTYPE, so any is refused.
 from __future__ import annotations
 
 import copy
-import itertools
 import threading
 from collections.abc import Iterator
 
@@ -47,36 +46,54 @@ def reparse(data: bytes) -> etree._Element:
     return etree.fromstring(data, _parser())
 
 
-def stream(data: bytes, source: str, limit: int) -> Iterator[etree._Element]:
-    """The root element (attributes only), then each element child, whole.
+def stream(data: bytes, source: str, limit: int, root_tag: str, child_tag: str) -> Iterator[etree._Element]:
+    """The ``<root_tag>`` root (attributes only), then each ``<child_tag>``
+    child, whole; anything else as the root or an element child is refused.
 
     For documents too large to hold as one tree: a child is emptied and
     dropped once the caller has moved on, so memory holds one child at a
-    time.  The same checks as parse_bytes, raised as the parse gets there.
+    time.  libxml2 reports only those two tags, so Python handles two
+    events a child, not two an element.  The same checks as parse_bytes,
+    raised as the parse gets there.
     """
     _refuse_oversize(data, source, limit)
     etree.clear_error_log()  # so the first entry of an error's log is this document's
-    parser = etree.XMLPullParser(events=("start", "end"), **_OPTIONS)
-    depth, root = 0, None
-    chunks = itertools.chain((data[offset:offset + _CHUNK] for offset in range(0, len(data), _CHUNK)), [None])
-    for chunk in chunks:  # None: the end, whose events are handled the same way
-        for event, element in _events(parser, chunk, source):
-            if event == "start":
-                depth += 1
-                if root is None:
-                    root = element
-                    _refuse_doctype(element.getroottree(), source)
-                    yield root
-                continue
-            depth -= 1
-            if depth == 1:
+    parser = etree.XMLPullParser(events=("start", "end"), tag=(root_tag, child_tag), **_OPTIONS)
+    found: list[etree._Element] = []  # the root, once seen
+
+    def handle(events: list[tuple[str, etree._Element]]) -> Iterator[etree._Element]:
+        for event, element in events:
+            if not found and event == "start" and element.getparent() is None:
+                found.append(element)
+                _refuse_doctype(element.getroottree(), source)
+                yield element
+            elif event == "end" and found and element.getparent() is found[0] and element.tag == child_tag:
                 _refuse_entities(element, source)
+                _refuse_other_children(found[0], element, child_tag, source)
                 yield element
                 element.clear(keep_tail=True)
                 while element.getprevious() is not None:
-                    del root[0]
-    if root is None:
-        raise errors.FormatError(source, "not well-formed XML: no root element")
+                    del found[0][0]
+
+    for offset in range(0, len(data), _CHUNK):
+        yield from handle(_parse_step(parser, source, data[offset:offset + _CHUNK]))
+    closed: list[etree._Element] = []
+    yield from handle(_parse_step(parser, source, None, closed))
+    if not found:  # no <root_tag> root: say what the root is
+        _refuse_doctype(closed[0].getroottree(), source)
+        raise errors.FormatError(source, f"root element is <{closed[0].tag}>, expected <{root_tag}>",
+                                 codes.WRONG_ROOT)
+    _refuse_other_children(found[0], None, child_tag, source)
+
+
+def _refuse_other_children(root: etree._Element, upto: etree._Element | None, child_tag: str, source: str) -> None:
+    """Element children other than ``<child_tag>`` (before ``upto``, or all)."""
+    for node in root:
+        if node is upto:
+            return
+        if isinstance(node.tag, str) and node.tag != child_tag:
+            raise errors.FormatError(source, f"holds <{node.tag}>, expected only <{child_tag}> children",
+                                     codes.WRONG_ROOT)
 
 
 def _refuse_oversize(data: bytes, source: str, limit: int) -> None:
@@ -85,21 +102,24 @@ def _refuse_oversize(data: bytes, source: str, limit: int) -> None:
                                  codes.OVER_LIBVIRT_LIMIT)
 
 
-def _events(parser: etree.XMLPullParser, chunk: bytes | None,
-            source: str) -> Iterator[tuple[str, etree._Element]]:
+def _parse_step(parser: etree.XMLPullParser, source: str, chunk: bytes | None,
+                closed: list[etree._Element] | None = None) -> list[tuple[str, etree._Element]]:
+    """Feed ``chunk`` (None: close, appending the root to ``closed``) and
+    return the events it completed."""
     try:
         if chunk is None:
-            parser.close()
+            root = parser.close()
+            if closed is not None:
+                closed.append(root)
         else:
             parser.feed(chunk)
-        events = list(parser.read_events())
+        return list(parser.read_events())
     except etree.XMLSyntaxError as e:
-        # The parser's first logged error is the cause; the exception may
-        # only say what followed it ("no element found").
+        # The first logged error is the cause; the exception may only say
+        # what followed it ("no element found").
         first = e.error_log[0] if len(e.error_log) else None  # stream() cleared the log first
         reason = f"{first.message}, line {first.line}, column {first.column}" if first else _first_line(e)
         raise errors.FormatError(source, f"not well-formed XML: {reason}") from e
-    yield from events
 
 
 def _refuse_doctype(document: etree._ElementTree, source: str) -> None:
