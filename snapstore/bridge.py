@@ -103,7 +103,7 @@ def _start_event_loop() -> None:
 
 
 def _ignore_error(_context: Any, _error: Any) -> None:
-    pass
+    """libvirt's default handler prints every error on stderr; ours become one line."""
 
 
 def _run_events() -> None:

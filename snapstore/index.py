@@ -19,27 +19,22 @@ It holds no secrets, but is written 0600 like everything else.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from snapstore import errors, fsio
 
 FORMAT = 1
-Identity = tuple[int, int, int, int]
+Identity = list[int]  # fsio.identity(): [device, inode, size, mtime_ns]
 Row = tuple[str, "str | None", "int | None", "str | None"]
 
 
-def identity(info: os.stat_result) -> Identity:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-Sources = dict[str, list[int]]
+Sources = dict[str, Identity]  # file name -> identity ([] when gone meanwhile)
 
 
 def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sources: Sources | None = None,
            uuid: str | None = None) -> bytes:
-    return json.dumps({"format": FORMAT, "identity": list(of), "domain": domain, "current": current,
+    return json.dumps({"format": FORMAT, "identity": of, "domain": domain, "current": current,
                        "rows": rows, "sources": sources, "uuid": uuid},
                       ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -53,7 +48,7 @@ def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
             data: dict[str, Any] = json.loads(fsio.read_regular(dir_fd, index_path.name, 1 << 30, index_path))
     except (errors.SnapstoreError, ValueError):
         return None
-    if data.get("format") != FORMAT or data.get("identity") != list(of) or data.get("domain") != domain \
+    if data.get("format") != FORMAT or data.get("identity") != of or data.get("domain") != domain \
             or "uuid" not in data:
         return None
     return data

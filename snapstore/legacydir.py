@@ -44,7 +44,7 @@ class LegacyFolder:
     identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
     listed: list[str] = dataclasses.field(default_factory=list)  # every entry, sorted
     read_as: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # file -> identity when read
-    sources: dict[str, list[int]] | None = None  # set by read_settled: the entries the read saw
+    sources: dict[str, list[int]] | None = None  # set by read_settled: every entry's identity after the read
 
     def tree(self) -> model.Tree:
         """The folder's tree (built once: the folder is read once and not changed)."""
@@ -81,10 +81,10 @@ def domains(root: Path) -> list[str]:
                   if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(fsio.TEMP_PREFIX))
 
 
-# File name -> ((inode, size, mtime_ns), parsed entry): lets a caller that
+Sources = index.Sources
+# File name -> (its identity when read, parsed entry): lets a caller that
 # reads the same folder again parse only the files that changed.
-Sources = index.Sources  # file name -> [device, inode, size, mtime_ns], [] if gone meanwhile
-Cache = dict[str, tuple[list[int], legacy.LegacyMoment]]  # file name -> (its identity when read, parsed)
+Cache = dict[str, tuple[list[int], legacy.LegacyMoment]]
 
 
 def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,

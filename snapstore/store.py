@@ -76,11 +76,13 @@ class Store:
     def _long_name(self, kind: kinds.Kind, stem: str) -> str | None:
         """The domain stored under a bounded stem, from its file's ``domain``
         attribute; None for a file that is not what that name would give."""
-        with fsio.opened_dir(self.root / kind.plural) as dir_fd:
-            try:
-                data = fsio.read_regular(dir_fd, stem + ".xml", self.read_limit, self.root / kind.plural / stem)
-            except errors.FormatError:
-                return None
+        path = self.root / kind.plural / (stem + ".xml")
+        try:
+            data = _unless_missing(path, lambda dir_fd: fsio.read_regular(dir_fd, path.name, self.read_limit, path))
+        except errors.FormatError:  # unreadable: its domain cannot be known, so it is not listed
+            return None
+        if data is None:
+            return None
         domain = consolidated.domain_attribute(data, kind)
         return domain if domain is not None and naming.domain_stem(domain) == stem else None
 
@@ -180,14 +182,14 @@ class Store:
             if dir_fd is None:
                 return None
             try:
-                return index.identity(os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False))
+                return fsio.identity(os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False))
             except FileNotFoundError:
                 return None
             except OSError as e:
                 raise errors.FormatError(path, f"cannot be read: {fsio.reason(e)}", codes.UNREADABLE) from e
 
     def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
-        of = index.identity(os.stat(self.path(tree.kind, tree.domain), follow_symlinks=False))
+        of = fsio.identity(os.stat(self.path(tree.kind, tree.domain), follow_symlinks=False))
         index.write(self.index_path(tree.kind, tree.domain),
                     index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
 

@@ -35,10 +35,9 @@ class _Formatter(argparse.HelpFormatter):
 
 
 def _columns() -> int:
-    try:
+    """What shutil.get_terminal_size() would say: $COLUMNS, the terminal, or 80."""
+    if os.environ.get("COLUMNS", "").isdigit():
         return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
     try:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns
     except (AttributeError, ValueError, OSError):

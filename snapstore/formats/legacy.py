@@ -51,7 +51,8 @@ def format_legacy(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes
 def _with_active(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     if not kind.stores_current:
         return moment.body
-    marker = b"<active>1</active>" if active else b"<active>0</active>"
+    value = "1" if active else "0"
+    marker = f"<active>{value}</active>".encode()
     closing = b">\n</" + kind.root_tag.encode() + b">"
     if moment.body.endswith(closing):  # libvirt's layout: the last child then the closing tag
         cut = len(moment.body) - len(closing) + 2
@@ -60,7 +61,7 @@ def _with_active(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     last = element[-1] if len(element) else None
     saved = last.tail if last is not None else element.text
     node = etree.SubElement(element, "active")
-    node.text, node.tail = marker[8:9].decode(), "\n"
+    node.text, node.tail = value, "\n"
     if last is not None and not (saved or "").strip():
         last.tail = "\n  "
     elif last is None and not (saved or "").strip():

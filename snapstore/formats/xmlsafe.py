@@ -7,6 +7,7 @@ huge_tree stays off). libvirt never writes a DOCTYPE, so any is refused.
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -59,31 +60,27 @@ def stream(data: bytes, source: str, limit: int, root_tag: str, child_tag: str) 
     _refuse_oversize(data, source, limit)
     etree.clear_error_log()  # so the first entry of an error's log is this document's
     parser = etree.XMLPullParser(events=("start", "end"), tag=(root_tag, child_tag), **_OPTIONS)
-    found: list[etree._Element] = []  # the root, once seen
-
-    def handle(events: list[tuple[str, etree._Element]]) -> Iterator[etree._Element]:
+    root = closed = None
+    chunks = (data[offset:offset + _CHUNK] for offset in range(0, len(data), _CHUNK))
+    for chunk in itertools.chain(chunks, [None]):  # None: the end, whose events count the same
+        events, closed = _parse_step(parser, source, chunk)
         for event, element in events:
-            if not found and event == "start" and element.getparent() is None:
-                found.append(element)
-                _refuse_doctype(element.getroottree(), source)
-                yield element
-            elif event == "end" and found and element.getparent() is found[0] and element.tag == child_tag:
+            if root is None:
+                if event == "start" and element.getparent() is None:
+                    root = element
+                    _refuse_doctype(root.getroottree(), source)
+                    yield root
+            elif event == "end" and element.getparent() is root and element.tag == child_tag:
                 _refuse_entities(element, source)
-                _refuse_other_children(found[0], element, child_tag, source)
+                _refuse_other_children(root, element, child_tag, source)
                 yield element
                 element.clear(keep_tail=True)
                 while element.getprevious() is not None:
-                    del found[0][0]
-
-    for offset in range(0, len(data), _CHUNK):
-        yield from handle(_parse_step(parser, source, data[offset:offset + _CHUNK]))
-    closed: list[etree._Element] = []
-    yield from handle(_parse_step(parser, source, None, closed))
-    if not found:  # no <root_tag> root: say what the root is
-        _refuse_doctype(closed[0].getroottree(), source)
-        raise errors.FormatError(source, f"root element is <{closed[0].tag}>, expected <{root_tag}>",
-                                 codes.WRONG_ROOT)
-    _refuse_other_children(found[0], None, child_tag, source)
+                    del root[0]
+    if root is None:  # no <root_tag> root: say what the root is
+        _refuse_doctype(closed.getroottree(), source)
+        raise errors.FormatError(source, f"root element is <{closed.tag}>, expected <{root_tag}>", codes.WRONG_ROOT)
+    _refuse_other_children(root, None, child_tag, source)
 
 
 def _refuse_other_children(root: etree._Element, upto: etree._Element | None, child_tag: str, source: str) -> None:
@@ -102,18 +99,13 @@ def _refuse_oversize(data: bytes, source: str, limit: int) -> None:
                                  codes.OVER_LIBVIRT_LIMIT)
 
 
-def _parse_step(parser: etree.XMLPullParser, source: str, chunk: bytes | None,
-                closed: list[etree._Element] | None = None) -> list[tuple[str, etree._Element]]:
-    """Feed ``chunk`` (None: close, appending the root to ``closed``) and
-    return the events it completed."""
+def _parse_step(parser: etree.XMLPullParser, source: str,
+                chunk: bytes | None) -> tuple[list[tuple[str, etree._Element]], etree._Element | None]:
+    """Feed ``chunk`` (None: close) and return the events it completed, and
+    the document's root once closed."""
     try:
-        if chunk is None:
-            root = parser.close()
-            if closed is not None:
-                closed.append(root)
-        else:
-            parser.feed(chunk)
-        return list(parser.read_events())
+        root = parser.close() if chunk is None else parser.feed(chunk)
+        return list(parser.read_events()), root
     except etree.XMLSyntaxError as e:
         # The first logged error is the cause; the exception may only say
         # what followed it ("no element found").

@@ -11,12 +11,12 @@ have left: the generation committed last, or the one it was committing.
 """
 from __future__ import annotations
 
+import abc
 import collections
 import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,7 +216,7 @@ def parse_store(data: bytes, source: str = "store") -> model.Tree:
     return tree
 
 
-class Actor:
+class Actor(abc.ABC):
     """A thread repeating ``act()`` until stopped, ``pause()`` seconds apart; an exception
     ends it and stop() raises it again."""
 
@@ -225,8 +225,9 @@ class Actor:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
+    @abc.abstractmethod
     def act(self) -> None:
-        raise NotImplementedError
+        """One step of the actor's work."""
 
     def pause(self) -> float:
         return 0.0

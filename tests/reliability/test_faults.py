@@ -122,7 +122,7 @@ def test_daemon_commit_faults_are_logged_and_retried(daemon: Daemon, sandbox: Sa
     path = sandbox.store_file()
     wait_for(path.exists, 5, daemon.describe)
     with straced.attach(daemon.pid, tmp_path / "trace.log", straced.WRITE_PATH) as calls:
-        marker = _add_leaf(sandbox, 0)
+        _add_leaf(sandbox, 0)  # one ordinary commit, traced to find its call sites
         wait_for(lambda: any(c.name.startswith("rename") and ".json" in c.args for c in calls()), 10,
                  lambda: f"no commit traced; {daemon.describe()}")
     targets = straced.sites(calls(), sandbox.base)

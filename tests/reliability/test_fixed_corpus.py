@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import campaign
 import straced
 from campaign import Sandbox
 from daemonproc import Daemon, wait_for, write_config
-from snapstore import cli, errors, fsio, legacydir
+from snapstore import cli, fsio, legacydir
 
 SECRET = "SNAPSTORE-CORPUS-SECRET-4711"
 TIME_BOUND = 20.0  # seconds: a refusal is quick; a blow-up would not be
@@ -51,7 +50,7 @@ def _many_attributes() -> bytes:
 
 # name -> (bytes of <folder>/s2.xml, or a maker of an entry, expected: "refused" | "accepted", needles)
 FILES: dict[str, tuple[bytes | Callable[[Path], None], str, tuple[str, ...]]] = {
-    "xxe-file": (_doctype(f'<!ENTITY x SYSTEM "file://SECRET_FILE">', "&x;"), "refused", ("DOCTYPE",)),
+    "xxe-file": (_doctype('<!ENTITY x SYSTEM "file://SECRET_FILE">', "&x;"), "refused", ("DOCTYPE",)),
     "xxe-network": (_doctype('<!ENTITY x SYSTEM "http://127.0.0.1:9/x">', "&x;"), "refused", ("DOCTYPE",)),
     "xxe-parameter": (_doctype('<!ENTITY % p SYSTEM "file://SECRET_FILE"> %p;', "s2"), "refused", ()),
     "billion-laughs": (_doctype('<!ENTITY a "lol">' + "".join(
