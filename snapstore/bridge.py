@@ -240,6 +240,7 @@ def _fetch(calls: _Calls, handle: Any, kind: kinds.Kind, host: Host, domain: str
     if element.tag != kind.root_tag:
         raise errors.FormatError(source, f"libvirt returned <{element.tag}>, expected <{kind.root_tag}>",
                                  codes.WRONG_ROOT)
+    xmlsafe.refuse_unnestable(element, source)
     return model.Moment.from_element(element, source)
 
 

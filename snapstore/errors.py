@@ -58,12 +58,11 @@ class FormatError(SnapstoreError):
     """A file or document that cannot be read as what it claims to be;
     ``code`` is the check finding it amounts to (snapstore.codes)."""
 
-    template = "{path}: {reason}"
+    template = "{path}: {reason} ({code})"
     exit_code = 1
 
     def __init__(self, path: Any, reason: str, code: str = codes.UNPARSABLE) -> None:
-        super().__init__(path=path, reason=reason)
-        self.code = code
+        super().__init__(path=path, reason=reason, code=code)
 
 
 class TreeError(SnapstoreError):

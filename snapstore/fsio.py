@@ -14,12 +14,18 @@ import contextlib
 import errno
 import os
 import stat
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 from snapstore import codes, errors, hostenv
 
 TEMP_PREFIX = ".snapstore-tmp-"
+# A temp in a folder snapstore does not own (a libvirt snapshot root, where
+# every entry is a domain folder) ends with U+0001: XML cannot carry it, so
+# no libvirt domain can be named so, and a sweep can never take a domain's
+# folder for a temp (libvirt accepts a domain named ".snapstore-tmp-1-x").
+FOREIGN_MARK = "\x01"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -41,21 +47,33 @@ def opened_dir(path: Path, missing_ok: bool = False) -> Iterator[int | None]:
         yield None
         return
     except OSError as e:
-        detail = "is a symlink, not followed" if e.errno == errno.ELOOP else reason(e)
-        raise errors.EnvironmentProblem(path=path, reason=detail) from e
+        raise errors.EnvironmentProblem(path=path, reason=_dir_open_problem(path, e)) from e
     try:
         yield fd
     finally:
         os.close(fd)
 
 
-def temp_name() -> str:
-    """Unique temp name carrying our pid, so a sweep can tell stale from in-flight."""
-    return f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+def _dir_open_problem(path: Path, error: OSError) -> str:
+    # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR (ELOOP without O_DIRECTORY).
+    if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+        return "is a symlink, not followed"
+    return reason(error)
 
 
-def is_stale_temp(name: str) -> bool:
-    if not name.startswith(TEMP_PREFIX):
+def temp_name(foreign: bool = False) -> str:
+    """Unique temp name carrying our pid, so a sweep can tell stale from
+    in-flight; ``foreign``: for a folder snapstore does not own."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}{FOREIGN_MARK if foreign else ''}"
+
+
+def is_temp(name: str, foreign: bool = False) -> bool:
+    """A name temp_name() gives (in a foreign folder: only with the mark)."""
+    return name.startswith(TEMP_PREFIX) and (name.endswith(FOREIGN_MARK) or not foreign)
+
+
+def is_stale_temp(name: str, foreign: bool = False) -> bool:
+    if not is_temp(name, foreign):
         return False
     pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
     return not (pid.isdigit() and hostenv.pid_alive(int(pid)))
@@ -237,27 +255,55 @@ def make_dir(dir_fd: int, name: str, mode: int = 0o700) -> None:
     os.mkdir(name, mode, dir_fd=dir_fd)
 
 
+class NotOurs(Exception):
+    """A temp holds something snapstore never puts in one: left alone."""
+
+
 def remove_tree(dir_fd: int, name: str) -> None:
-    """Remove a folder snapstore made itself (flat: files only)."""
+    """Remove a folder snapstore made itself: flat, regular files only.
+    Anything else inside means snapstore did not make it: NotOurs, nothing removed."""
     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        for entry in os.listdir(fd):
+        entries = os.listdir(fd)
+        for entry in entries:
+            if not stat.S_ISREG(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise NotOurs(f"holds {entry!r}, which is not a regular file; snapstore never made it, left alone")
+        for entry in entries:
             os.unlink(entry, dir_fd=fd)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
 
 
-def sweep_temps(path: Path) -> list[Path]:
-    """Remove temps left by dead snapstore processes; return what was removed."""
-    removed = []
+class Sweep(typing.NamedTuple):
+    removed: list[Path]
+    left: list[str]  # "path: why", for temps that could not or must not be removed
+
+
+def sweep_temps(path: Path, foreign: bool = False) -> Sweep:
+    """Remove temps left by dead snapstore processes; say what was removed
+    and what was left (never raised: a sweep must not stop a commit)."""
+    swept = Sweep([], [])
     with opened_dir(path) as dir_fd:
         for name in os.listdir(dir_fd):
-            if is_stale_temp(name):
-                remove = remove_tree if _is_dir(dir_fd, name) else _unlink
-                remove(dir_fd, name)
-                removed.append(path / name)
-    return removed
+            if is_stale_temp(name, foreign):
+                _sweep_one(dir_fd, path / name, swept)
+    return swept
+
+
+def _sweep_one(dir_fd: int, path: Path, swept: Sweep) -> None:
+    try:
+        remove = remove_tree if _is_dir(dir_fd, path.name) else _unlink
+        remove(dir_fd, path.name)
+    except FileNotFoundError:
+        return  # swept by another process meanwhile
+    except NotOurs as e:
+        swept.left.append(f"{path}: {e}")
+        return
+    except OSError as e:
+        swept.left.append(f"{path}: stale temp not removed: {reason(e)}")
+        return
+    swept.removed.append(path)
 
 
 def _is_dir(dir_fd: int, name: str) -> bool:

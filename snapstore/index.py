@@ -54,11 +54,11 @@ def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
     return data
 
 
-def write(index_path: Path, data: bytes) -> bool:
-    """Best effort (a reader may lack write access): True when written."""
+def write(index_path: Path, data: bytes) -> None:
+    """Replace the index (no fsync: it is checked before use); raises
+    WriteError or EnvironmentProblem, the caller decides how loud to be."""
     try:
         index_path.parent.mkdir(mode=0o700, exist_ok=True)
-        fsio.atomic_write(index_path, data, durable=False)
-    except (OSError, errors.SnapstoreError):
-        return False
-    return True
+    except OSError as e:
+        raise errors.WriteError(path=index_path, reason=f"cannot create its folder: {fsio.reason(e)}") from e
+    fsio.atomic_write(index_path, data, durable=False)

@@ -7,6 +7,7 @@ renameat2(RENAME_EXCHANGE), as Radicale swaps collections.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
@@ -67,7 +68,7 @@ class LegacyFolder:
 
 
 def domain_folder(root: Path, domain: str) -> Path:
-    problem = naming.file_name_problem(domain) or naming.xml_problem(domain)
+    problem = naming.domain_problem(domain)
     if problem:
         raise errors.UnknownDomain(domain=domain, reason=f"snapstore cannot hold this domain ({problem})")
     return root / domain
@@ -78,7 +79,7 @@ def domains(root: Path) -> list[str]:
     if not root.is_dir():
         raise errors.EnvironmentProblem(path=root, reason="no such folder")
     return sorted(entry.name for entry in os.scandir(root)
-                  if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(fsio.TEMP_PREFIX))
+                  if entry.is_dir(follow_symlinks=False) and not fsio.is_temp(entry.name, foreign=True))
 
 
 Sources = index.Sources
@@ -217,6 +218,7 @@ class WriteResult:
     path: Path
     changed: bool
     attic: Path | None = None  # where the replaced folder's files were kept
+    warnings: list[str] = dataclasses.field(default_factory=list)  # stale temps that could not be swept
 
 
 def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
@@ -231,8 +233,14 @@ def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
         raise errors.Refused(domain=tree.domain, reason=f"cannot be libvirt file names: {', '.join(bad)}")
     files = format_files(tree)
     path = domain_folder(root, tree.domain)
-    if not dry_run and root.is_dir():
-        fsio.sweep_temps(root)  # a folder swapped out by a run that died, before any early return
+    left = fsio.sweep_temps(root, foreign=True).left if not dry_run and root.is_dir() else []
+    result = _write_folder_swept(root, path, tree, files, attic, prune, dry_run, limit)
+    result.warnings += left
+    return result
+
+
+def _write_folder_swept(root: Path, path: Path, tree: model.Tree, files: dict[str, bytes], attic: Path,
+                        prune: bool, dry_run: bool, limit: int) -> WriteResult:
     existing = _existing_files(path, limit)
     extras = sorted(set(existing or {}) - set(files))
     if extras and not prune:
@@ -308,7 +316,7 @@ def _write_folder(parent_fd: int, name: str, files: dict[str, bytes]) -> None:
 def _swap_in(root: Path, name: str, files: dict[str, bytes]) -> None:
     """Build the folder under a temp name beside it, then swap it in atomically."""
     with fsio.opened_dir(root) as root_fd:
-        temp = fsio.temp_name()
+        temp = fsio.temp_name(foreign=True)
         try:
             _write_folder(root_fd, temp, files)
             if _exists(root_fd, name):
@@ -331,8 +339,7 @@ def _exists(dir_fd: int, name: str) -> bool:
 
 
 def _remove_quietly(dir_fd: int, name: str) -> None:
+    """Best effort: a leftover is swept (or reported) by the next run."""
     if _exists(dir_fd, name):
-        try:
+        with contextlib.suppress(OSError, fsio.NotOurs):
             fsio.remove_tree(dir_fd, name)
-        except OSError:
-            pass

@@ -38,13 +38,13 @@ class Moment:
     @classmethod
     def from_element(cls, element: etree._Element, source: str = "") -> "Moment":
         xmlsafe = _xmlsafe()
-        found = (element.findtext(path) for path in ("domain/uuid", "inactiveDomain/uuid"))
-        return cls(
-            name=element.findtext("name") or "",
-            parent=element.findtext("parent/name"),
-            creation_time=_int_or_none(element.findtext("creationTime")),
+        found = (xmlsafe.string(element, path) for path in ("domain/uuid", "inactiveDomain/uuid"))
+        return cls(  # read as libvirt reads them (string() of the first match)
+            name=xmlsafe.string(element, "name") or "",
+            parent=xmlsafe.string(element, "parent/name"),
+            creation_time=_int_or_none(xmlsafe.string(element, "creationTime")),
             body=xmlsafe.serialize(element),
-            state=element.findtext("state"),
+            state=xmlsafe.string(element, "state"),
             uuids=tuple(uuid.strip().lower() for uuid in found if uuid is not None),
             source=source,
         )

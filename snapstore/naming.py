@@ -95,6 +95,22 @@ def xml_problem(name: str) -> str | None:
     return None
 
 
+def domain_problem(domain: str) -> str | None:
+    """Why ``domain`` cannot be a libvirt domain's folder name, or None.
+
+    libvirt names a domain's snapshot folder after the domain, unescaped;
+    unlike a snapshot name, a domain name may start with '.' (libvirt
+    accepts ".dot"), so only what no folder or no XML can hold is refused.
+    """
+    if domain in ("", ".", ".."):
+        return f"{domain!r} cannot be a folder name"
+    if "/" in domain or "\0" in domain:
+        return "name contains '/' or a NUL byte"
+    if len(domain.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"name is longer than {NAME_MAX} bytes"
+    return xml_problem(domain)
+
+
 def legacy_file_name(name: str) -> str:
     return name + ".xml"
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import stat
 import threading
@@ -35,10 +36,13 @@ _LOCK_POLL = 0.02
 
 class Store:
     def __init__(self, root: Path, lock_timeout: float = 10.0,
-                 read_limit: int = limits.STORE_FILE) -> None:
+                 read_limit: int = limits.STORE_FILE, warn: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.read_limit = read_limit
+        # Derived files (index) and sweeps fail without failing the commit:
+        # said here, never swallowed.
+        self.warn = warn or logging.getLogger("snapstore").warning
         self._held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
@@ -47,28 +51,34 @@ class Store:
     def index_path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / "index" / f"{kind.plural}.{naming.domain_stem(domain)}.json"
 
-    def prepare(self, sweep: bool = True) -> None:
+    def prepare(self, sweep: bool = True) -> list[Path]:
         """Create the layout (mode 0700) and sweep temps of dead writers
-        (`check --repair` sweeps them itself, to report each)."""
-        # The root may be a symlink (systemd's DynamicUser= makes
-        # /var/lib/snapstore one); nothing inside it may be.
-        for folder in (self.root, *(self.root / name for name in _FOLDERS)):
-            try:
-                folder.mkdir(mode=0o700, exist_ok=True)
-            except OSError as e:
-                raise errors.EnvironmentProblem(path=folder, reason=f"cannot create state folder: {fsio.reason(e)}") from e
-            if folder != self.root and folder.is_symlink():
-                raise errors.EnvironmentProblem(path=folder, reason="is a symlink, not followed")
+        (`check --repair` sweeps them itself, to report each); return the
+        folders that had to be created."""
+        created = self._make_layout()
         if sweep:
             for name in (*(kind.plural for kind in kinds.ALL), "attic", "index"):
-                fsio.sweep_temps(self.root / name)
+                for left in fsio.sweep_temps(self.root / name).left:
+                    self.warn(left)
+        return created
+
+    def _make_layout(self) -> list[Path]:
+        # The root may be a symlink (systemd's DynamicUser= makes
+        # /var/lib/snapstore one); nothing inside it may be.
+        created = [self.root] if _make_folder(self.root) else []
+        for name in _FOLDERS:
+            if _make_folder(self.root / name):
+                created.append(self.root / name)
+            with fsio.opened_dir(self.root / name):  # O_NOFOLLOW: refuses a symlink with a clear error
+                pass
+        return created
 
     def domains(self, kind: kinds.Kind) -> list[str]:
-        folder = self.root / kind.plural
-        if not folder.is_dir():
-            return []
-        names = [entry.name[:-4] for entry in os.scandir(folder)
-                 if entry.name.endswith(".xml") and entry.is_file(follow_symlinks=False)]
+        with fsio.opened_dir(self.root / kind.plural, missing_ok=True) as dir_fd:
+            if dir_fd is None:
+                return []
+            names = [entry.name[:-4] for entry in os.scandir(dir_fd)
+                     if entry.name.endswith(".xml") and entry.is_file(follow_symlinks=False)]
         found = [naming.unescape_domain(name) for name in names if naming.is_escaped_form(name)]
         found += filter(None, (self._long_name(kind, stem) for stem in names if naming.is_bounded_stem(stem)))
         return sorted(found)
@@ -134,6 +144,7 @@ class Store:
         """
         _raise_problems(tree)
         data = consolidated.format_consolidated(tree)
+        self._refuse_unreadable(tree, data)
         if dry_run:  # no lock: a dry run must work before the state folder exists
             return self._needs_write(tree, data, allow_empty)
         with self.lock(tree.kind, tree.domain):
@@ -144,6 +155,13 @@ class Store:
             fsio.atomic_write(self.path(tree.kind, tree.domain), data)
             self._write_index(tree, sources)  # under the lock: no other commit can slip in
         return True
+
+    def _refuse_unreadable(self, tree: model.Tree, data: bytes) -> None:
+        """Never commit a file every later command would refuse to read."""
+        if len(data) > self.read_limit:
+            raise errors.Refused(domain=tree.domain, reason=(
+                f"the consolidated file of {len(tree)} {tree.kind.plural} would be {len(data)} bytes, over the "
+                f"{self.read_limit}-byte limit snapstore reads (max_store_bytes); not written"))
 
     def unchanged(self, kind: kinds.Kind, domain: str, sources: index.Sources) -> dict[str, Any] | None:
         """The index, when the file was consolidated from a folder whose entries
@@ -173,7 +191,7 @@ class Store:
             return None
         data = index.encode(domain, tree.current, _rows(tree), before, uuid=tree.uuid())
         if self._identity(path) == before:  # else the file changed while read: do not record a mix
-            index.write(self.index_path(kind, domain), data)
+            self._save_index(self.index_path(kind, domain), data)
         return json.loads(data)
 
     def _identity(self, path: Path) -> index.Identity | None:
@@ -189,9 +207,19 @@ class Store:
                 raise errors.FormatError(path, f"cannot be read: {fsio.reason(e)}", codes.UNREADABLE) from e
 
     def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
-        of = fsio.identity(os.stat(self.path(tree.kind, tree.domain), follow_symlinks=False))
-        index.write(self.index_path(tree.kind, tree.domain),
-                    index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
+        of = self._identity(self.path(tree.kind, tree.domain))
+        if of is not None:
+            self._save_index(self.index_path(tree.kind, tree.domain),
+                             index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
+
+    def _save_index(self, path: Path, data: bytes) -> None:
+        """The index is derived (rebuilt when stale), so failing to write it
+        fails nothing; but a disk that fails this write fails the next commit
+        too: said, never swallowed."""
+        try:
+            index.write(path, data)
+        except errors.SnapstoreError as e:
+            self.warn(f"{e} (the listing index only; the store file itself is committed)")
 
     def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
         path = self.path(tree.kind, tree.domain)
@@ -211,13 +239,18 @@ class Store:
                 "or pass --allow-empty)"))
 
     def to_attic(self, kind: kinds.Kind, domain: str) -> Path:
-        """Move a domain's file to attic/ with a UTC timestamp; return the new path."""
+        """Move a domain's file to attic/ with a UTC timestamp; return the new path.
+        Both folders through O_NOFOLLOW descriptors: a symlinked attic/ is refused."""
+        source = self.path(kind, domain)
         target = self.root / "attic" / naming.attic_name(kind.plural, domain, ".xml")
-        with self.lock(kind, domain):
-            os.rename(self.path(kind, domain), target)
-            with fsio.opened_dir(target.parent) as attic_fd, fsio.opened_dir(self.path(kind, domain).parent) as fd:
-                fsio.fsync_dir(fd, target)
-                fsio.fsync_dir(attic_fd, target)
+        with self.lock(kind, domain), fsio.opened_dir(source.parent) as fd, \
+                fsio.opened_dir(target.parent) as attic_fd:
+            try:
+                os.rename(source.name, target.name, src_dir_fd=fd, dst_dir_fd=attic_fd)
+            except OSError as e:
+                raise errors.WriteError(path=source, reason=f"cannot move it to the attic: {fsio.reason(e)}") from e
+            fsio.fsync_dir(fd, target)
+            fsio.fsync_dir(attic_fd, target)
         return target
 
 
@@ -242,14 +275,28 @@ def _raise_problems(tree: model.Tree) -> None:
         raise errors.TreeError(tree.domain, problems)
 
 
+def _make_folder(path: Path) -> bool:
+    """mkdir 0700; True when it was created."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise errors.EnvironmentProblem(path=path, reason=f"cannot create state folder: {fsio.reason(e)}") from e
+    return True
+
+
 @contextlib.contextmanager
 def _flocked(path: Path, exclusive: bool, timeout: float) -> Iterator[None]:
-    try:
-        # Read-only is enough for flock, and lets the service's dynamic user
-        # (CAP_DAC_READ_SEARCH) lock a file root's commands created.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise errors.EnvironmentProblem(path=path, reason=f"cannot open lock file: {fsio.reason(e)}") from e
+    # Read-only is enough for flock, and lets the service's dynamic user
+    # (CAP_DAC_READ_SEARCH) lock a file root's commands created; opened
+    # through locks/ as an O_NOFOLLOW descriptor, so a symlinked locks/ is refused.
+    with fsio.opened_dir(path.parent) as dir_fd:
+        try:
+            fd = os.open(path.name, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o600, dir_fd=dir_fd)
+        except OSError as e:
+            raise errors.EnvironmentProblem(path=path, reason=f"cannot open lock file: {fsio.reason(e)}") from e
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO put there must not block us
         os.close(fd)
         raise errors.EnvironmentProblem(path=path, reason="lock file is not a regular file")

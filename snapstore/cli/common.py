@@ -97,7 +97,8 @@ class Context:
         return self.config.checkpoint_dir if kind is kinds.CHECKPOINT else self.config.libvirt_dir
 
     def store(self) -> store.Store:
-        return store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes)
+        return store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes,
+                           warn=self.warn)
 
     def say(self, line: str) -> None:
         if self.verbosity >= 0:

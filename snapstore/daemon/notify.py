@@ -28,6 +28,10 @@ class Notifier:
     def watchdog(self) -> None:
         sd_daemon.notify("WATCHDOG=1")
 
+    def extend_start(self, seconds: float) -> None:
+        """Still starting, and making progress: systemd waits ``seconds`` more."""
+        sd_daemon.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
     def reloading(self) -> None:
         sd_daemon.notify("RELOADING=1")
 

@@ -16,6 +16,10 @@ from snapstore.daemon import debounce, logs, notify, sync, watcher
 
 log = logging.getLogger("snapstore.daemon")
 _WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked often
+# While starting, each sign of progress extends systemd's start timeout by
+# this much (EXTEND_TIMEOUT_USEC): a large host's first reconcile may take
+# minutes, a stuck one is still caught.
+_START_EXTENSION = 60.0
 
 
 class Service:
@@ -26,10 +30,14 @@ class Service:
         self.clock = clock
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.notifier = notify.Notifier()
+        self._next_ping = self.clock() if self.notifier.watchdog_interval else float("inf")
+        self._ready = False
+        self._next_extension = self.clock()
         self._build()
 
     def _build(self) -> None:
-        state = store.Store(self.settings.state_dir, self.settings.lock_timeout, self.settings.max_store_bytes)
+        state = store.Store(self.settings.state_dir, self._lock_timeout(), self.settings.max_store_bytes,
+                            warn=lambda text: log.warning("%s", text, extra=logs.fields(logs.FAILED)))
         state.prepare()
         self.sync = sync.Synchronizer(self.settings, state, self.clock)
         self.debouncer = debounce.Debouncer(self.settings.quiet_period)
@@ -41,19 +49,17 @@ class Service:
         self.watcher.start()  # before the first scan: no change can fall in between
         self.reconcile(at_start=True)
         self.notifier.ready(self.sync.status())
+        self._ready = True
         log.info("ready: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
         next_reconcile = self.clock() + self.settings.reconcile_interval
-        # No watchdog: no ping deadline (a past one would make the loop spin).
-        next_ping = self.clock() if self.notifier.watchdog_interval else float("inf")
         while True:
             now = self.clock()
-            if self.notifier.watchdog_interval and now >= next_ping:
-                self.notifier.watchdog()
-                next_ping = now + self.notifier.watchdog_interval
+            self._keep_alive()
             if now >= next_reconcile:
                 self.reconcile()
                 next_reconcile = now + self.settings.reconcile_interval
-            deadline = min(d for d in (self.debouncer.next_due(), next_reconcile, next_ping,
+            # No watchdog: no ping deadline (_next_ping is infinite; a past one would make the loop spin).
+            deadline = min(d for d in (self.debouncer.next_due(), next_reconcile, self._next_ping,
                                        now + _WAKE_AT_LEAST) if d is not None)
             if not self._handle(self._wait(deadline - now)):
                 break
@@ -96,7 +102,27 @@ class Service:
 
     def _sync_due(self) -> None:
         for key in self.debouncer.pop_due(self.clock()):
+            self._keep_alive()
             self._sync_one(key)
+
+    def _keep_alive(self) -> None:
+        """WATCHDOG=1 when due, and while starting an extension of the start
+        timeout: called between domains too, so a long reconcile or waits
+        for locks never starve systemd's watchdog."""
+        now = self.clock()
+        if now >= self._next_ping:  # never without a watchdog: then it is infinite
+            self.notifier.watchdog()
+            self._next_ping = now + self.notifier.watchdog_interval
+        if not self._ready and now >= self._next_extension:
+            self.notifier.extend_start(_START_EXTENSION)
+            self._next_extension = now + _START_EXTENSION / 4
+
+    def _lock_timeout(self) -> float:
+        """A domain lock is waited for at most a quarter of the ping interval
+        (an eighth of WATCHDOG_USEC): a domain whose lock is held is retried
+        with backoff, the loop goes on."""
+        interval = self.notifier.watchdog_interval
+        return min(self.settings.lock_timeout, interval / 4) if interval else self.settings.lock_timeout
 
     def _sync_one(self, key: sync.Key, at_start: bool = False) -> None:
         """Sync a domain; an unsettled or failed one is retried through the debouncer."""
@@ -112,6 +138,7 @@ class Service:
             log.error("cannot list domains: %s", e, extra=logs.fields(logs.FAILED))
             return
         for key in keys:
+            self._keep_alive()
             self._sync_one(key, at_start)
 
     def _check_watcher(self) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from snapstore import config, errors, kinds, legacydir, model, store
+from snapstore import config, errors, kinds, legacydir, model, naming, store
 from snapstore.daemon import logs
 
 log = logging.getLogger("snapstore.daemon")
@@ -27,6 +28,7 @@ class Outcome(enum.Enum):
     GUARDED = "guarded"       # the store holds moments libvirt lost: not overwritten
     ATTIC = "attic"           # the domain folder is gone: its file moved to attic/
     ABSENT = "absent"         # neither folder nor file, or not a domain folder at all
+    SKIPPED = "skipped"       # a folder whose name no libvirt domain can have: logged once, in STATUS
     FAILED = "failed"         # reading or committing failed (lock, disk): retried with backoff
 
 
@@ -41,6 +43,7 @@ class DomainState:
     unsettled_since: float | None = None
     degraded: list[str] | None = None
     guarded: bool = False
+    skipped: str | None = None  # why the folder cannot be a domain's
     failures: int = 0
     count: int = 0
 
@@ -89,15 +92,38 @@ class Synchronizer:
             self.domains.pop(key, None)  # a foreign file in libvirt's root, not a domain
             return Outcome.ABSENT
         state = self.domains.setdefault(key, DomainState())
+        problem = naming.domain_problem(domain)
+        if problem:
+            return self._skip(key, state, problem)
         try:
             with self.store.lock(kind, domain):  # from reading the folder to the commit
                 outcome = self._sync(key, state, at_start)
         except (errors.SnapstoreError, OSError) as e:
             state.failures += 1
             log.error("%s %s: %s (retrying)", kind.name, domain, e, extra=logs.fields(logs.FAILED, domain))
+            self._restore_layout()
             return Outcome.FAILED
         state.failures = 0
         return outcome
+
+    def _skip(self, key: Key, state: DomainState, problem: str) -> Outcome:
+        kind, domain = key
+        if state.skipped is None:
+            log.warning("%s root %s: folder %r is not a libvirt domain's (%s); ignored: move it out of the root",
+                        kind.name, self.root(kind), domain, problem, extra=logs.fields(logs.FAILED))
+        state.skipped = problem
+        return Outcome.SKIPPED
+
+    def _restore_layout(self) -> None:
+        """A removed state folder (or subfolder) is created again, as at
+        start, so the retry can commit; anything else is the retry's to meet."""
+        try:
+            created = self.store.prepare(sweep=False)
+        except errors.SnapstoreError as e:
+            log.error("state folder unusable: %s", e, extra=logs.fields(logs.FAILED))
+            return
+        for path in created:
+            log.warning("state folder %s was missing; created it again", path, extra=logs.fields(logs.FAILED))
 
     def _sync(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
         kind, domain = key
@@ -196,7 +222,7 @@ class Synchronizer:
         if not state.guarded:
             log.warning("%s %s: libvirt folder %s but the store holds %d %s; not overwriting it. "
                         "Bring them back with: snapstore expand %s%s", kind.name, domain, what, held,
-                        kind.plural, domain, " --checkpoints" if kind is kinds.CHECKPOINT else "",
+                        kind.plural, shlex.quote(domain), " --checkpoints" if kind is kinds.CHECKPOINT else "",
                         extra=logs.fields(logs.GUARDED, domain))
         state.guarded = True
         state.count = held
@@ -231,11 +257,12 @@ class Synchronizer:
     def status(self) -> str:
         """systemd STATUS= text: counts, and what needs an operator."""
         counts = {kind: sum(s.count for (k, _), s in self.domains.items() if k is kind) for kind in kinds.ALL}
-        domains = len({domain for _, domain in self.domains})
+        domains = len({domain for (_, domain), state in self.domains.items() if state.skipped is None})
         text = (f"{domains} domains, {counts[kinds.SNAPSHOT]} snapshots, "
                 f"{counts[kinds.CHECKPOINT]} checkpoints")
         for label, test in (("degraded", lambda s: s.degraded is not None),
                             ("failing", lambda s: s.failures > 0),
+                            ("skipped (not a libvirt domain folder)", lambda s: s.skipped is not None),
                             ("guarded (store kept, libvirt folder missing or empty)", lambda s: s.guarded)):
             names = sorted(d for (_, d), state in self.domains.items() if test(state))
             if names:

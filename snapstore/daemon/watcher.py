@@ -70,7 +70,7 @@ class _Handler(events.FileSystemEventHandler):
         path, or None for what we ignore."""
         relative = os.path.relpath(path, self.root)
         parts = relative.split(os.sep)
-        if relative.startswith("..") or parts[0] in (".", "") or parts[0].startswith(fsio.TEMP_PREFIX):
+        if relative.startswith("..") or parts[0] in (".", "") or fsio.is_temp(parts[0], foreign=True):
             return None
         if len(parts) == 2 and not parts[1].endswith(".xml"):
             return None  # libvirt's <name>.xml.new temps and foreign files

@@ -36,6 +36,7 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
     root = xmlsafe.parse_bytes(data, source, limit)
     if root.tag != kind.root_tag:
         raise errors.FormatError(source, f"root element is <{root.tag}>, expected <{kind.root_tag}>", codes.WRONG_ROOT)
+    xmlsafe.refuse_unnestable(root, source)
     active = _pop_active(root, source) if kind.stores_current else False
     moment = model.Moment.from_element(root, source)
     if not moment.name:

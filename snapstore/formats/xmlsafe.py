@@ -42,6 +42,31 @@ def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
     return root
 
 
+# libxml2 refuses a document nested over 256 elements deep (huge_tree stays
+# off); in a consolidated file a moment sits under the root, so a moment may
+# hold 254 levels below itself, one fewer than a legacy file may.
+NEST_LIMIT = 254
+_TOO_DEEP = etree.XPath("boolean(" + "/".join(["*"] * (NEST_LIMIT + 1)) + ")")
+
+
+def refuse_unnestable(element: etree._Element, source: str) -> None:
+    """Refuse a moment a consolidated file could hold but never read back."""
+    if _TOO_DEEP(element):
+        raise errors.FormatError(source, f"nests elements more than {NEST_LIMIT} levels below <{element.tag}>; "
+                                         "a consolidated file could not be read back (libxml2's depth limit)")
+
+
+def string(element: etree._Element, path: str) -> str | None:
+    """libvirt's virXPathString("string(./PATH)"): every text below the first
+    match, comments left out (``<name>s<!-- -->1</name>`` is "s1"); None
+    when there is no match or no text."""
+    found = element.find(path)
+    if found is None:
+        return None
+    text = found.text if not len(found) else "".join(found.itertext())
+    return text or None
+
+
 def reparse(data: bytes) -> etree._Element:
     """Parse bytes this program serialized itself from a checked document."""
     return etree.fromstring(data, _parser())

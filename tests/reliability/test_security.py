@@ -49,7 +49,8 @@ def policy_violations(calls: list[straced.Call], base: Path, config: Path) -> li
             if not re.search(r", 0700\)?$", flags) and "/out" not in flags:
                 found.append(f"folder not 0700: {call}")
         elif "O_CREAT" in flags:
-            exclusive = "O_EXCL" in flags or "/locks/" in flags
+            # Lock files are shared (no O_EXCL); opened by path or through locks/'s descriptor.
+            exclusive = "O_EXCL" in flags or re.search(r"/locks[/>]", flags) is not None
             if not (exclusive and "O_NOFOLLOW" in flags and flags.endswith(", 0600")):
                 found.append(f"created without O_EXCL|O_NOFOLLOW, 0600: {call}")
         elif "O_DIRECTORY" not in flags and "O_NOFOLLOW" not in flags:

@@ -88,6 +88,9 @@ def test_libvirt_writes_map_to_their_domain_and_temps_are_ignored() -> None:
     assert events_for(events.FileDeletedEvent("/r/vm1/s1.xml")) == [(*key, "s1.xml")]
     assert events_for(events.DirDeletedEvent("/r/vm1")) == [(*key, None)]
     assert events_for(events.FileCreatedEvent("/r/vm1/notes.txt"),
-                      events.DirCreatedEvent("/r/.snapstore-tmp-1-ab"),
+                      events.DirCreatedEvent("/r/.snapstore-tmp-1-ab\x01"),
                       events.FileCreatedEvent("/r/vm1/sub/deep.xml"),
                       events.DirModifiedEvent("/r")) == []
+    # Without the mark no XML can carry, the name is a domain's (libvirt accepts it).
+    assert events_for(events.DirCreatedEvent("/r/.snapstore-tmp-1-ab")) == [
+        ("domain", kinds.SNAPSHOT, ".snapstore-tmp-1-ab", None)]
