@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from snapstore import errors, fsio
+from snapstore import codes, errors, fsio
 
 FORMAT = 1
 Identity = list[int]  # fsio.identity(): [device, inode, size, mtime_ns]
@@ -40,16 +40,22 @@ def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sour
 
 
 def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
-    """The index when it describes exactly file ``of``, else None."""
-    try:
-        with fsio.opened_dir(index_path.parent, missing_ok=True) as dir_fd:
-            if dir_fd is None:
-                return None
+    """The index when it describes exactly file ``of``; None when it is
+    missing, stale or not an index. An I/O error reading it raises (the
+    caller says so and rebuilds)."""
+    with fsio.opened_dir(index_path.parent, missing_ok=True) as dir_fd:
+        if dir_fd is None:
+            return None
+        try:
             data: dict[str, Any] = json.loads(fsio.read_regular(dir_fd, index_path.name, 1 << 30, index_path))
-    except (errors.SnapstoreError, ValueError):
-        return None
-    if data.get("format") != FORMAT or data.get("identity") != of or data.get("domain") != domain \
-            or "uuid" not in data:
+        except errors.FormatError as e:
+            if isinstance(e.__cause__, FileNotFoundError) or e.code != codes.UNREADABLE:
+                return None  # missing, or something else in its place: rebuilt over it
+            raise
+        except ValueError:
+            return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("identity") != of \
+            or data.get("domain") != domain or "uuid" not in data:
         return None
     return data
 

@@ -167,7 +167,7 @@ class Store:
         """The index, when the file was consolidated from a folder whose entries
         all still have the identities in ``sources``; else None."""
         of = self._identity(self.path(kind, domain))
-        found = index.read(self.index_path(kind, domain), of, domain) if of is not None else None
+        found = self._read_index(kind, domain, of) if of is not None else None
         return found if found is not None and found.get("sources") == sources else None
 
     def listing(self, kind: kinds.Kind, domain: str) -> tuple[str | None, list[index.Row]] | None:
@@ -183,7 +183,7 @@ class Store:
         before = self._identity(path)
         if before is None:
             return None
-        found = index.read(self.index_path(kind, domain), before, domain)
+        found = self._read_index(kind, domain, before)
         if found is not None:
             return found
         tree = self.read_tree(kind, domain)
@@ -211,6 +211,13 @@ class Store:
         if of is not None:
             self._save_index(self.index_path(tree.kind, tree.domain),
                              index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
+
+    def _read_index(self, kind: kinds.Kind, domain: str, of: index.Identity) -> dict[str, Any] | None:
+        try:
+            return index.read(self.index_path(kind, domain), of, domain)
+        except errors.SnapstoreError as e:
+            self.warn(f"{e} (the listing index; read from the store file instead)")
+            return None
 
     def _save_index(self, path: Path, data: bytes) -> None:
         """The index is derived (rebuilt when stale), so failing to write it

@@ -79,6 +79,45 @@ def test_each_write_path_call_fails_in_turn(name: str, tmp_path: Path) -> None:
     campaign.NOTES[f"fault sites ({name})"] = ", ".join(site.label for site in targets)
 
 
+def test_each_index_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
+    """The listing index is derived: a fault on it leaves the commit standing
+    (exit 0) but must be one warning line naming the index, with no temp
+    left (issue 11 §18). Every call on the index path fails, in both modes."""
+    scenario = SCENARIOS["consolidate"]
+    template = Sandbox(tmp_path / "template")
+    scenario.setup(template)
+    probe = fresh(template.base, tmp_path / "run")
+    result, calls = straced.trace(scenario.argv(probe), tmp_path / "trace.log")
+    assert result.code == 0, result
+    index = probe.state / "index"
+    # Every call but the read-only open that holds the old index across the rename (harmless when it fails).
+    targets = [site for site in straced.sites(calls, index)
+               if "O_RDONLY" not in site.call.args or "O_DIRECTORY" in site.call.args]
+    campaign.NOTES["fault sites (listing index)"] = ", ".join(site.label for site in targets)
+    assert {site.name for site in targets} >= {"openat", "write"} and any(
+        site.name.startswith("rename") for site in targets), targets
+
+    def one(site: straced.Site, errno: str) -> None:
+        sandbox = fresh(template.base, tmp_path / "run")
+        result, hit = straced.inject(scenario.argv(sandbox), tmp_path / "inject.log", site, error=errno)
+        if hit is None or str(sandbox.state / "index") not in str(hit):
+            raise RuntimeError(f"{site.label} {errno}: the injection hit {hit}: the run is not deterministic")
+        what = f"index {site.label} ({site.call}) failing with {errno}"
+        if result.code != 0:  # the state folder checked before the commit: a clear refusal is fine
+            assert not campaign.error_problems(result) and len(result.lines) == 1, f"{what}\n{result}"
+            assert scenario.observe(sandbox) == scenario.old(), f"{what}: refused, yet the store changed"
+        else:
+            assert scenario.observe(sandbox) == scenario.new(), f"{what}: exit 0 without the commit\n{result}"
+            warned = [line for line in result.lines if line.startswith(f"{campaign.PREFIX}warning: ")
+                      and "listing index" in line]
+            assert len(warned) == 1 and len(result.lines) == 1, f"{what}: not said in one warning line\n{result}"
+        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
+
+    runs = [(site, straced.ERRNOS[i % len(straced.ERRNOS)]) for i, site in enumerate(targets)]
+    straced.run_plan(straced.plan(targets, True) if campaign.FULL else runs, one,
+                     "faults injected (strace, listing index)")
+
+
 def test_commit_order_is_fsync_rename_folder_fsync(sandbox: Sandbox, tmp_path: Path) -> None:
     SCENARIOS["consolidate"].setup(sandbox)
     result, calls = straced.trace(sandbox.argv("consolidate", "vm1"), tmp_path / "trace.log")

@@ -59,6 +59,11 @@ FILES: dict[str, tuple[bytes | Callable[[Path], None], str, tuple[str, ...]]] = 
     "many-attributes": (_many_attributes(), "accepted", ()),
     "deep-10000": (_deep(10_000), "refused", ("not well-formed",)),
     "deep-200": (_deep(200), "accepted", ()),
+    # libxml2 reads 256 levels; in a consolidated file a moment sits one level lower (issue 11 §6).
+    "deep-254": (_deep(254), "accepted", ()),
+    "deep-255": (_deep(255), "refused", ("254 levels", "SS102")),
+    # libvirt reads string(name): the comment splits nothing (issue 11 §11).
+    "name-split-by-comment": (_with_name(b"s<!-- -->2"), "accepted", ()),
     "invalid-utf8": (_with_name(b"s2\xc3\x28\xff"), "refused", ("not well-formed",)),
     "nul-bytes": (_with_name(b"s2\x00x"), "refused", ("not well-formed",)),
     "char-ref-control": (_with_name(b"s2&#1;"), "refused", ("not well-formed",)),
@@ -239,6 +244,23 @@ def test_domain_folder_named_with_control_characters(sandbox: Sandbox, committed
         "formats/consolidated.format_consolidated puts the name in the domain attribute, lxml raises "
         "ValueError/UnicodeEncodeError, which neither cli/consolidate (_DOMAIN_ERRORS) nor "
         f"daemon/sync.Synchronizer.sync catch: {problems}\n{result}")
+
+
+def test_domain_named_like_a_snapstore_temp(sandbox: Sandbox, committed: bytes) -> None:
+    """libvirt accepts a domain named ".snapstore-tmp-1-x": snapstore's own temps in libvirt's
+    root carry a mark no domain name can hold, so that folder is a domain, never swept (issue 11 §5)."""
+    name = f"{fsio.TEMP_PREFIX}999999999-x"
+    folder = campaign.write_legacy(sandbox.libvirt / name, {"t1.xml": GOOD("t1", None, True)})
+    before = (folder / "t1.xml").read_bytes()
+    runs = [sandbox.argv("consolidate", "--all"), sandbox.argv("expand", "vm1", "--force", "--prune"),
+            sandbox.argv("check", "--repair", "--no-disks")]
+    for argv in runs:
+        result = campaign.run_script(argv, timeout=TIME_BOUND)
+        assert result.code in (0, 1), result
+        assert (folder / "t1.xml").read_bytes() == before, f"{argv[-3:]} removed a domain's folder"
+    campaign.count("inputs tried (fixed corpus)")
+    assert campaign.parse_store(sandbox.store_file().parent.joinpath("%2Esnapstore-tmp-999999999-x.xml")
+                                .read_bytes()).current == "t1"
 
 
 def test_long_non_ascii_domain_name(sandbox: Sandbox) -> None:
