@@ -229,7 +229,7 @@ def dump(host: Host, kind: kinds.Kind, domain: str, progress: Progress | None = 
     tree = model.Tree(kind, domain, moments, current)
     problems = tree.validate()
     if problems:  # a moment made or deleted while we listed them
-        raise errors.TreeError(domain, problems)
+        raise errors.TreeError(domain=domain, problems=problems)
     return tree
 
 
@@ -238,8 +238,8 @@ def _fetch(calls: _Calls, handle: Any, kind: kinds.Kind, host: Host, domain: str
     source = f"{host.uri}: {domain}: {kind.name} {handle.getName()!r}"
     element = xmlsafe.parse_bytes(text.encode(), source, RPC_STRING_LIMIT)
     if element.tag != kind.root_tag:
-        raise errors.FormatError(source, f"libvirt returned <{element.tag}>, expected <{kind.root_tag}>",
-                                 codes.WRONG_ROOT)
+        raise errors.FormatError(path=source, reason=f"libvirt returned <{element.tag}>, expected <{kind.root_tag}>",
+                                 code=codes.WRONG_ROOT)
     xmlsafe.refuse_unnestable(element, source)
     return model.Moment.from_element(element, source)
 

@@ -52,6 +52,21 @@ IMAGE_ORPHAN_SNAPSHOT = "SS502"
 IMAGE_UNREADABLE = "SS503"
 
 
+class Problem(typing.NamedTuple):
+    """A problem with a stable code: what the model's rules, the formats, the
+    folder reader, `check` and the daemon all report (a NamedTuple: every
+    command imports this module, and dataclasses cost more to import)."""
+
+    code: str
+    message: str
+    moment: str | None = None
+    path: str | None = None  # the file it is about, when there is one
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}{self.message} ({self.code})"
+
+
 class Code(typing.NamedTuple):
     code: str
     severity: str

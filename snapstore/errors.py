@@ -1,32 +1,28 @@
 """The whole exception hierarchy.
 
-Every error renders a one-line message for operators from a template and its
-fields, and knows the exit code the command line returns for it (DESIGN §4:
-1 problems found / operation refused, 2 usage or environment error).
-Findings of a check are data, not exceptions.
+Every error renders a one-line message for operators from its fields, which
+are real attributes set in ``__init__`` (as ovirt-imageio's errors are), and
+knows the exit code the command line returns for it (DESIGN §4: 1 problems
+found / operation refused, 2 usage or environment error). Findings of a
+check are data, not exceptions.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
 from snapstore import codes
 
+PathLike = Path | str
+
 
 class SnapstoreError(Exception):
-    """Base class: ``template`` is formatted with the keyword fields."""
+    """Base class: ``message`` is made one line before it is stored."""
 
-    template = "{reason}"
     exit_code = 2
 
-    def __init__(self, **fields: Any) -> None:
-        self.fields = fields
-        super().__init__(one_line(self.template.format(**fields)))
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["fields"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 def one_line(text: str) -> str:
@@ -39,30 +35,42 @@ def one_line(text: str) -> str:
 class UsageError(SnapstoreError):
     """Contradictory or invalid options, rejected before any I/O."""
 
+    def __init__(self, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
-class ConfigError(SnapstoreError):
-    template = "{path}: {reason}"
+
+class _AtPath(SnapstoreError):
+    """``<path>: <reason>``."""
+
+    def __init__(self, *, path: PathLike, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
 
 
-class EnvironmentProblem(SnapstoreError):
+class ConfigError(_AtPath):
+    """A settings file that cannot be used."""
+
+
+class EnvironmentProblem(_AtPath):
     """Something outside snapstore is missing or unusable (a folder, a daemon)."""
-
-    template = "{path}: {reason}"
 
 
 class UnknownDomain(SnapstoreError):
-    template = "{domain}: unknown domain: {reason}"
+    def __init__(self, *, domain: str, reason: str) -> None:
+        self.domain, self.reason = domain, reason
+        super().__init__(f"{domain}: unknown domain: {reason}")
 
 
 class FormatError(SnapstoreError):
     """A file or document that cannot be read as what it claims to be;
     ``code`` is the check finding it amounts to (snapstore.codes)."""
 
-    template = "{path}: {reason} ({code})"
     exit_code = 1
 
-    def __init__(self, path: Any, reason: str, code: str = codes.UNPARSABLE) -> None:
-        super().__init__(path=path, reason=reason, code=code)
+    def __init__(self, *, path: PathLike, reason: str, code: str = codes.UNPARSABLE) -> None:
+        self.path, self.reason, self.code = path, reason, code
+        super().__init__(f"{path}: {reason} ({code})")
 
 
 class TreeError(SnapstoreError):
@@ -72,42 +80,58 @@ class TreeError(SnapstoreError):
     the message names the first, the command line prints them all.
     """
 
-    template = "{domain}: {first}"
     exit_code = 1
 
-    def __init__(self, domain: str, problems: list) -> None:
-        super().__init__(domain=domain, problems=problems, first=problems[0])
+    def __init__(self, *, domain: str, problems: Sequence[codes.Problem]) -> None:
+        self.domain, self.problems = domain, list(problems)
+        super().__init__(f"{domain}: {self.problems[0]}")
 
 
 class Refused(SnapstoreError):
     """The operation would lose or hide metadata; nothing was changed."""
 
-    template = "{domain}: {reason}"
     exit_code = 1
+
+    def __init__(self, *, domain: str, reason: str) -> None:
+        self.domain, self.reason = domain, reason
+        super().__init__(f"{domain}: {reason}")
 
 
 class FolderBusy(Refused):
     """libvirt rewrote the folder while it was read: what was read may be a
     state the folder never held (half old, half new), so it is not used."""
 
-    template = "{domain}: {path} changed while it was read, {attempts} times in a row; libvirt is writing it, run again"
+    def __init__(self, *, domain: str, path: PathLike, attempts: int) -> None:
+        self.path, self.attempts = path, attempts
+        super().__init__(domain=domain, reason=f"{path} changed while it was read, {attempts} times in a row; "
+                                               "libvirt is writing it, run again")
 
 
-class StoreError(SnapstoreError):
-    template = "{path}: {reason}"
+class StoreError(_AtPath):
+    """snapstore's own state folder could not be changed."""
 
 
 class LockTimeout(StoreError):
-    template = "{path}: lock held by another snapstore process for {timeout:g} s, giving up"
+    def __init__(self, *, path: PathLike, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(path=path, reason=f"lock held by another snapstore process for {timeout:g} s, giving up")
 
 
 class WriteError(StoreError):
-    template = "{path}: write failed, old content kept: {reason}"
+    def __init__(self, *, path: PathLike, reason: str) -> None:
+        super().__init__(path=path, reason=f"write failed, old content kept: {reason}")
+        self.reason = reason
 
 
 class BridgeError(SnapstoreError):
-    template = "{domain}: libvirt {operation} failed: {reason}"
+    """libvirt refused or failed an API call; ``code`` is libvirt's error code."""
+
+    def __init__(self, *, domain: str, operation: str, reason: str, code: int | None = None) -> None:
+        self.domain, self.operation, self.reason, self.code = domain, operation, reason, code
+        super().__init__(f"{domain}: libvirt {operation} failed: {reason}")
 
 
-class ConnectionFailed(BridgeError):
-    template = "{uri}: cannot connect to libvirt: {reason}"
+class ConnectionFailed(SnapstoreError):
+    def __init__(self, *, uri: str, reason: str) -> None:
+        self.uri, self.reason = uri, reason
+        super().__init__(f"{uri}: cannot connect to libvirt: {reason}")

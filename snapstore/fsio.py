@@ -90,9 +90,9 @@ def read_identified(dir_fd: int, name: str, limit: int, display: Path | str) -> 
         try:
             data = _read_up_to(fd, info.st_size, limit + 1)
         except OSError as e:
-            raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
+            raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}", code=codes.UNREADABLE) from e
     if len(data) > limit:
-        raise errors.FormatError(display, f"grew over the {limit}-byte limit while being read", codes.OVER_LIBVIRT_LIMIT)
+        raise errors.FormatError(path=display, reason=f"grew over the {limit}-byte limit while being read", code=codes.OVER_LIBVIRT_LIMIT)
     return data, identity(info)
 
 
@@ -115,7 +115,7 @@ def holds(dir_fd: int, name: str, data: bytes, limit: int, display: Path | str) 
                     return False
             return os.read(fd, 1) == b""
         except OSError as e:
-            raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
+            raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}", code=codes.UNREADABLE) from e
 
 
 @contextlib.contextmanager
@@ -128,12 +128,12 @@ def _opened_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> 
         try:
             info = os.fstat(fd)
         except OSError as e:
-            raise errors.FormatError(display, f"cannot be read: {reason(e)}", codes.UNREADABLE) from e
+            raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}", code=codes.UNREADABLE) from e
         if not stat.S_ISREG(info.st_mode):
-            raise errors.FormatError(display, f"is a {_type_name(info.st_mode)}, not a regular file", codes.NOT_REGULAR)
+            raise errors.FormatError(path=display, reason=f"is a {_type_name(info.st_mode)}, not a regular file", code=codes.NOT_REGULAR)
         if info.st_size > limit:
-            raise errors.FormatError(display, f"is {info.st_size} bytes, over the {limit}-byte limit",
-                                     codes.OVER_LIBVIRT_LIMIT)
+            raise errors.FormatError(path=display, reason=f"is {info.st_size} bytes, over the {limit}-byte limit",
+                                     code=codes.OVER_LIBVIRT_LIMIT)
         yield fd, info
     finally:
         os.close(fd)
@@ -141,14 +141,14 @@ def _opened_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> 
 
 def _open_error(dir_fd: int, name: str, display: Path | str, error: OSError) -> errors.FormatError:
     if error.errno == errno.ELOOP:
-        return errors.FormatError(display, "is a symlink, not followed", codes.SYMLINK)
+        return errors.FormatError(path=display, reason="is a symlink, not followed", code=codes.SYMLINK)
     if error.errno == errno.ENXIO:  # a socket cannot even be opened
         try:
             if stat.S_ISSOCK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                return errors.FormatError(display, "is a socket, not a regular file", codes.NOT_REGULAR)
+                return errors.FormatError(path=display, reason="is a socket, not a regular file", code=codes.NOT_REGULAR)
         except OSError:
             pass
-    return errors.FormatError(display, f"cannot be opened: {reason(error)}", codes.UNREADABLE)
+    return errors.FormatError(path=display, reason=f"cannot be opened: {reason(error)}", code=codes.UNREADABLE)
 
 
 def _read_up_to(fd: int, expected: int, size: int) -> bytes:

@@ -19,18 +19,6 @@ from snapstore.formats import legacy, xmlsafe
 LIBVIRT_TEMP_SUFFIX = ".new"  # virFileRewrite's temp: <name>.xml.new
 
 
-@dataclasses.dataclass(frozen=True)
-class Remark:
-    """Something odd but harmless to consolidation, with its check code."""
-
-    code: str
-    path: Path | str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.text}"
-
-
 @dataclasses.dataclass
 class LegacyFolder:
     """What one domain folder holds: parsed moments and what was wrong."""
@@ -40,7 +28,7 @@ class LegacyFolder:
     path: Path
     entries: dict[str, legacy.LegacyMoment] = dataclasses.field(default_factory=dict)  # by file name
     failures: list[errors.FormatError] = dataclasses.field(default_factory=list)
-    notes: list[Remark] = dataclasses.field(default_factory=list)
+    notes: list[codes.Problem] = dataclasses.field(default_factory=list)
     libvirt_temps: list[str] = dataclasses.field(default_factory=list)  # <name>.xml.new: a write in flight
     identity: tuple[int, int] = (0, 0)  # (device, inode): changes when the folder is re-created
     listed: list[str] = dataclasses.field(default_factory=list)  # every entry, sorted
@@ -56,14 +44,14 @@ class LegacyFolder:
                                                 current)
         return self.__dict__["_tree"]
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[codes.Problem]:
         """Every reason this folder cannot be consolidated as it is."""
-        found = [str(failure) for failure in self.failures]
-        found += [str(problem) for problem in self.tree().validate()]
+        found = [codes.Problem(f.code, f.reason, path=str(f.path)) for f in self.failures]
+        found += self.tree().validate()
         actives = sorted(e.moment.name for e in self.entries.values() if e.active)
         if len(actives) > 1:
-            found.append(str(model.Problem(codes.SEVERAL_CURRENT, None,
-                                           f"{len(actives)} {self.kind.plural} are marked current: {', '.join(map(repr, actives))}")))
+            found.append(codes.Problem(codes.SEVERAL_CURRENT, f"{len(actives)} {self.kind.plural} are marked "
+                                                              f"current: {', '.join(map(repr, actives))}"))
         return found
 
 
@@ -172,15 +160,17 @@ def sources(root: Path, domain: str) -> Sources | None:
 def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
     display = f"{folder.path}{os.sep}{name}"  # a string: a Path per file costs more than parsing it
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
-        folder.notes.append(Remark(codes.LIBVIRT_TEMP, display, "libvirt temp left by an interrupted write, ignored"))
+        folder.notes.append(codes.Problem(codes.LIBVIRT_TEMP, "libvirt temp left by an interrupted write, ignored",
+                                          path=display))
         folder.libvirt_temps.append(name)
         return
     if not name.endswith(".xml"):
-        folder.notes.append(Remark(codes.FOREIGN_FILE, display, "not a .xml file, ignored (libvirtd still parses it at start)"))
+        folder.notes.append(codes.Problem(codes.FOREIGN_FILE, "not a .xml file, ignored (libvirtd still parses it at start)",
+                                          path=display))
         return
     if name.startswith("."):
-        folder.failures.append(errors.FormatError(display, "file name starts with '.'; qemu cannot hold such a name",
-                                                  codes.UNSTORABLE_NAME))
+        folder.failures.append(errors.FormatError(path=display, reason="file name starts with '.'; qemu cannot hold such a name",
+                                                  code=codes.UNSTORABLE_NAME))
         return
     try:
         data, identity = fsio.read_identified(dir_fd, name, limit, display)
@@ -196,8 +186,9 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
 
 def _add(folder: LegacyFolder, name: str, entry: legacy.LegacyMoment) -> None:
     if naming.legacy_file_name(entry.moment.name) != name:
-        folder.notes.append(Remark(codes.FILE_NAME_MISMATCH, f"{folder.path}{os.sep}{name}",
-                                   f"holds {folder.kind.name} {entry.moment.name!r}; its name wins, as in libvirt"))
+        folder.notes.append(codes.Problem(codes.FILE_NAME_MISMATCH, f"holds {folder.kind.name} {entry.moment.name!r}; "
+                                          "its name wins, as in libvirt", entry.moment.name,
+                                          f"{folder.path}{os.sep}{name}"))
     folder.entries[name] = entry
 
 

@@ -69,16 +69,6 @@ def _xmlsafe():  # type: ignore[no-untyped-def]
     return xmlsafe
 
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    code: str
-    moment: str | None
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.code})"
-
-
 class Tree:
     """All moments of one kind of one domain, and which one is current."""
 
@@ -131,14 +121,14 @@ class Tree:
         """The domain uuid embedded in the moments (the first found)."""
         return next((uuid for moment in self.moments for uuid in moment.uuids), None)
 
-    def validate(self, expected_uuid: str | None = None) -> list[Problem]:
+    def validate(self, expected_uuid: str | None = None) -> list[codes.Problem]:
         """Every broken rule (computed once per expected uuid: a tree is not changed once built)."""
         memo = self.__dict__.setdefault("_validated", {})
         if expected_uuid not in memo:
             memo[expected_uuid] = self._problems(expected_uuid)
         return list(memo[expected_uuid])
 
-    def _problems(self, expected_uuid: str | None) -> list[Problem]:
+    def _problems(self, expected_uuid: str | None) -> list[codes.Problem]:
         return [
             *self._name_problems(),
             *self._parent_problems(),
@@ -147,47 +137,41 @@ class Tree:
             *self._uuid_problems(expected_uuid),
         ]
 
-    def _name_problems(self) -> Iterator[Problem]:
+    def _name_problems(self) -> Iterator[codes.Problem]:
         seen: set[str] = set()
         for moment in self.moments:
             if not moment.name:
-                yield Problem(codes.EMPTY_NAME, None, f"{self.kind.name} in {moment.source or '?'} has no name")
+                yield codes.Problem(codes.EMPTY_NAME, f"{self.kind.name} in {moment.source or '?'} has no name", None)
             elif moment.name in seen:
-                yield Problem(codes.DUPLICATE, moment.name,
-                              f"{self.kind.name} {moment.name!r} is defined more than once")
+                yield codes.Problem(codes.DUPLICATE, f"{self.kind.name} {moment.name!r} is defined more than once", moment.name)
             elif self.kind.name_pattern and not self.kind.name_pattern.fullmatch(moment.name):
-                yield Problem(codes.NAME_PATTERN, moment.name,
-                              f"{self.kind.name} name {moment.name!r} is outside libvirt's pattern "
-                              f"{self.kind.name_pattern.pattern}")
+                yield codes.Problem(codes.NAME_PATTERN, f"{self.kind.name} name {moment.name!r} is outside libvirt's pattern "
+                              f"{self.kind.name_pattern.pattern}", moment.name)
             seen.add(moment.name)
 
-    def _parent_problems(self) -> Iterator[Problem]:
+    def _parent_problems(self) -> Iterator[codes.Problem]:
         for moment in self.moments:
             if moment.parent is not None and moment.parent not in self.by_name:
-                yield Problem(codes.MISSING_PARENT, moment.name,
-                              f"{self.kind.name} {moment.name!r}: parent {moment.parent!r} does not exist")
+                yield codes.Problem(codes.MISSING_PARENT, f"{self.kind.name} {moment.name!r}: parent {moment.parent!r} does not exist", moment.name)
 
-    def _cycle_problems(self) -> Iterator[Problem]:
+    def _cycle_problems(self) -> Iterator[codes.Problem]:
         if len(self.by_name) != len(self.moments):
             return  # duplicates make the walk ambiguous; reported already
         reached = {m.name for m in self.topological()}
         for moment in self.moments:
             if moment.name not in reached:
-                yield Problem(codes.CYCLE, moment.name,
-                              f"{self.kind.name} {moment.name!r} is its own ancestor (parent cycle)")
+                yield codes.Problem(codes.CYCLE, f"{self.kind.name} {moment.name!r} is its own ancestor (parent cycle)", moment.name)
 
-    def _current_problems(self) -> Iterator[Problem]:
+    def _current_problems(self) -> Iterator[codes.Problem]:
         if self.current is not None and self.current not in self.by_name:
-            yield Problem(codes.CURRENT_MISSING, self.current,
-                          f"current {self.kind.name} {self.current!r} does not exist")
+            yield codes.Problem(codes.CURRENT_MISSING, f"current {self.kind.name} {self.current!r} does not exist", self.current)
 
-    def _uuid_problems(self, expected: str | None) -> Iterator[Problem]:
+    def _uuid_problems(self, expected: str | None) -> Iterator[codes.Problem]:
         for moment in self.moments:
             for uuid in moment.uuids:
                 expected = expected or uuid
                 if uuid != expected:
-                    yield Problem(codes.UUID_MISMATCH, moment.name,
-                                  f"{self.kind.name} {moment.name!r}: domain uuid {uuid} differs from {expected}")
+                    yield codes.Problem(codes.UUID_MISMATCH, f"{self.kind.name} {moment.name!r}: domain uuid {uuid} differs from {expected}", moment.name)
 
     def _computed_current(self) -> str | None:
         """libvirt's rule for checkpoints: the single leaf of one linear chain."""

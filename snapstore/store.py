@@ -129,7 +129,7 @@ class Store:
         source = str(self.path(kind, domain))
         tree = consolidated.parse_consolidated(data, kind, source, self.read_limit)
         if tree.domain != domain:
-            raise errors.FormatError(source, f"holds domain {tree.domain!r}, expected {domain!r}")
+            raise errors.FormatError(path=source, reason=f"holds domain {tree.domain!r}, expected {domain!r}")
         _raise_problems(tree)
         return tree
 
@@ -204,7 +204,7 @@ class Store:
             except FileNotFoundError:
                 return None
             except OSError as e:
-                raise errors.FormatError(path, f"cannot be read: {fsio.reason(e)}", codes.UNREADABLE) from e
+                raise errors.FormatError(path=path, reason=f"cannot be read: {fsio.reason(e)}", code=codes.UNREADABLE) from e
 
     def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
         of = self._identity(self.path(tree.kind, tree.domain))
@@ -279,7 +279,7 @@ def _rows(tree: model.Tree) -> list[index.Row]:
 def _raise_problems(tree: model.Tree) -> None:
     problems = tree.validate()
     if problems:
-        raise errors.TreeError(tree.domain, problems)
+        raise errors.TreeError(domain=tree.domain, problems=problems)
 
 
 def _make_folder(path: Path) -> bool:

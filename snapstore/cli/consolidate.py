@@ -72,7 +72,7 @@ def _consolidate_locked(domain: str, kind: kinds.Kind, root: Path, store: store_
         context.warn(str(note))
     problems = folder.problems()
     if problems:
-        raise errors.TreeError(domain, problems)
+        raise errors.TreeError(domain=domain, problems=problems)
     tree = folder.tree()
     # Recorded only for a folder without remarks, so the shortcut never hides a warning.
     changed = store.replace(tree, allow_empty=args.allow_empty, dry_run=args.dry_run,

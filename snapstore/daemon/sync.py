@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from snapstore import config, errors, kinds, legacydir, model, naming, store
+from snapstore import codes, config, errors, kinds, legacydir, model, naming, store
 from snapstore.daemon import logs
 
 log = logging.getLogger("snapstore.daemon")
@@ -134,12 +134,13 @@ class Synchronizer:
                                             state.cache, attempts=2)
         except errors.UnknownDomain:
             return self._folder_gone(key, state, at_start)
-        except errors.FolderBusy:  # the change that overlapped the read has its own event: read after it
-            return self._unsettled(key, state, ["libvirt changed the folder while it was read"])
-        problems = folder.problems() + [f"libvirt is writing {name} (or crashed while writing it)"
+        except errors.FolderBusy as e:  # the change that overlapped the read has its own event: read after it
+            return self._unsettled(key, state, [str(e)])
+        problems = folder.problems() + [codes.Problem(codes.LIBVIRT_TEMP, "libvirt is writing it (or crashed while "
+                                                      "writing it)", path=str(folder.path / name))
                                         for name in folder.libvirt_temps]
-        if problems:
-            return self._unsettled(key, state, problems)
+        if problems:  # each with its code: the log says which rule
+            return self._unsettled(key, state, [str(problem) for problem in problems])
         return self._commit(key, state, folder, at_start)
 
     def _commit(self, key: Key, state: DomainState, folder: legacydir.LegacyFolder, at_start: bool) -> Outcome:

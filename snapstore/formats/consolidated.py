@@ -25,10 +25,10 @@ def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
     root = next(elements)
     version = root.get("format")
     if version != FORMAT_VERSION:
-        raise errors.FormatError(source, f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
+        raise errors.FormatError(path=source, reason=f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
     domain, current = root.get("domain"), root.get("current")
     if not domain:
-        raise errors.FormatError(source, "root element has no domain attribute")
+        raise errors.FormatError(path=source, reason="root element has no domain attribute")
     moments = [_moment(child, kind, source) for child in elements]
     return model.Tree(kind, domain, moments, current)
 
@@ -57,6 +57,6 @@ def format_consolidated(tree: model.Tree) -> bytes:
 
 def _moment(child: etree._Element, kind: kinds.Kind, source: str) -> model.Moment:
     if child.find("active") is not None and kind.stores_current:
-        raise errors.FormatError(source, f"{kind.name} {child.findtext('name')!r} holds an <active> marker; "
-                                         "the current one is named by the root's current attribute", codes.BAD_INTERNAL_ELEMENT)
+        raise errors.FormatError(path=source, reason=f"{kind.name} {child.findtext('name')!r} holds an <active> marker; "
+                                         "the current one is named by the root's current attribute", code=codes.BAD_INTERNAL_ELEMENT)
     return model.Moment.from_element(child, source)

@@ -35,12 +35,12 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
                  limit: int = LIBVIRT_FILE_LIMIT) -> LegacyMoment:
     root = xmlsafe.parse_bytes(data, source, limit)
     if root.tag != kind.root_tag:
-        raise errors.FormatError(source, f"root element is <{root.tag}>, expected <{kind.root_tag}>", codes.WRONG_ROOT)
+        raise errors.FormatError(path=source, reason=f"root element is <{root.tag}>, expected <{kind.root_tag}>", code=codes.WRONG_ROOT)
     xmlsafe.refuse_unnestable(root, source)
     active = _pop_active(root, source) if kind.stores_current else False
     moment = model.Moment.from_element(root, source)
     if not moment.name:
-        raise errors.FormatError(source, f"<{kind.root_tag}> has no <name>", codes.BAD_INTERNAL_ELEMENT)
+        raise errors.FormatError(path=source, reason=f"<{kind.root_tag}> has no <name>", code=codes.BAD_INTERNAL_ELEMENT)
     return LegacyMoment(moment, active)
 
 
@@ -75,12 +75,12 @@ def _pop_active(root: etree._Element, source: str) -> bool:
     # (virDomainSnapshotDefParseNode with VIR_DOMAIN_SNAPSHOT_PARSE_INTERNAL).
     markers = root.findall("active")
     if len(markers) != 1:
-        raise errors.FormatError(source, f"has {len(markers)} <active> elements, libvirt needs exactly one",
-                                 codes.BAD_INTERNAL_ELEMENT)
+        raise errors.FormatError(path=source, reason=f"has {len(markers)} <active> elements, libvirt needs exactly one",
+                                 code=codes.BAD_INTERNAL_ELEMENT)
     marker = markers[0]
     text = (marker.text or "").strip()
     if text not in ("0", "1"):
-        raise errors.FormatError(source, f"<active> holds {text!r}, expected 0 or 1", codes.BAD_INTERNAL_ELEMENT)
+        raise errors.FormatError(path=source, reason=f"<active> holds {text!r}, expected 0 or 1", code=codes.BAD_INTERNAL_ELEMENT)
     _remove_keeping_tail(marker)
     return text == "1"
 

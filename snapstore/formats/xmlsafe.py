@@ -35,7 +35,7 @@ def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
     try:
         document = etree.fromstring(data, _parser()).getroottree()
     except etree.XMLSyntaxError as e:
-        raise errors.FormatError(source, f"not well-formed XML: {_first_line(e)}") from e
+        raise errors.FormatError(path=source, reason=f"not well-formed XML: {_first_line(e)}") from e
     _refuse_doctype(document, source)
     root = document.getroot()
     _refuse_entities(root, source)
@@ -52,7 +52,7 @@ _TOO_DEEP = etree.XPath("boolean(" + "/".join(["*"] * (NEST_LIMIT + 1)) + ")")
 def refuse_unnestable(element: etree._Element, source: str) -> None:
     """Refuse a moment a consolidated file could hold but never read back."""
     if _TOO_DEEP(element):
-        raise errors.FormatError(source, f"nests elements more than {NEST_LIMIT} levels below <{element.tag}>; "
+        raise errors.FormatError(path=source, reason=f"nests elements more than {NEST_LIMIT} levels below <{element.tag}>; "
                                          "a consolidated file could not be read back (libxml2's depth limit)")
 
 
@@ -104,7 +104,7 @@ def stream(data: bytes, source: str, limit: int, root_tag: str, child_tag: str) 
                     del root[0]
     if root is None:  # no <root_tag> root: say what the root is
         _refuse_doctype(closed.getroottree(), source)
-        raise errors.FormatError(source, f"root element is <{closed.tag}>, expected <{root_tag}>", codes.WRONG_ROOT)
+        raise errors.FormatError(path=source, reason=f"root element is <{closed.tag}>, expected <{root_tag}>", code=codes.WRONG_ROOT)
     _refuse_other_children(root, None, child_tag, source)
 
 
@@ -114,14 +114,14 @@ def _refuse_other_children(root: etree._Element, upto: etree._Element | None, ch
         if node is upto:
             return
         if isinstance(node.tag, str) and node.tag != child_tag:
-            raise errors.FormatError(source, f"holds <{node.tag}>, expected only <{child_tag}> children",
-                                     codes.WRONG_ROOT)
+            raise errors.FormatError(path=source, reason=f"holds <{node.tag}>, expected only <{child_tag}> children",
+                                     code=codes.WRONG_ROOT)
 
 
 def _refuse_oversize(data: bytes, source: str, limit: int) -> None:
     if len(data) > limit:
-        raise errors.FormatError(source, f"larger than the {limit}-byte limit ({len(data)} bytes)",
-                                 codes.OVER_LIBVIRT_LIMIT)
+        raise errors.FormatError(path=source, reason=f"larger than the {limit}-byte limit ({len(data)} bytes)",
+                                 code=codes.OVER_LIBVIRT_LIMIT)
 
 
 def _parse_step(parser: etree.XMLPullParser, source: str,
@@ -136,17 +136,17 @@ def _parse_step(parser: etree.XMLPullParser, source: str,
         # what followed it ("no element found").
         first = e.error_log[0] if len(e.error_log) else None  # stream() cleared the log first
         reason = f"{first.message}, line {first.line}, column {first.column}" if first else _first_line(e)
-        raise errors.FormatError(source, f"not well-formed XML: {reason}") from e
+        raise errors.FormatError(path=source, reason=f"not well-formed XML: {reason}") from e
 
 
 def _refuse_doctype(document: etree._ElementTree, source: str) -> None:
     if document.docinfo.doctype or document.docinfo.internalDTD is not None:
-        raise errors.FormatError(source, "has a DOCTYPE (entities and DTDs are refused)")
+        raise errors.FormatError(path=source, reason="has a DOCTYPE (entities and DTDs are refused)")
 
 
 def _refuse_entities(element: etree._Element, source: str) -> None:
     if next(element.iter(etree.Entity), None) is not None:  # lxml filters by node type in C
-        raise errors.FormatError(source, "holds an entity reference (refused)")
+        raise errors.FormatError(path=source, reason="holds an entity reference (refused)")
 
 
 def canonical(element: etree._Element) -> bytes:
