@@ -2,8 +2,8 @@
 
 Codes are never reused or renumbered. Groups: SS1xx file and parse, SS2xx
 tree, SS3xx store vs folder, SS4xx leftovers and permissions, SS5xx disk
-images. Each has a severity and a title; hints live with the checks that
-know the domain and path they name.
+images. Each has a severity (its title is the comment beside it); hints
+live with the checks that know the domain and path they name.
 """
 from __future__ import annotations
 
@@ -70,42 +70,41 @@ class Problem(typing.NamedTuple):
 class Code(typing.NamedTuple):
     code: str
     severity: str
-    title: str
 
 
 CODES: dict[str, Code] = {c.code: c for c in [
-    Code(UNREADABLE, ERROR, "file cannot be read"),
-    Code(UNPARSABLE, ERROR, "file is not well-formed XML (libvirt skips it)"),
-    Code(WRONG_ROOT, ERROR, "file has the wrong root element (libvirt skips it)"),
-    Code(OVER_LIBVIRT_LIMIT, ERROR, "file is over libvirt's 1 MiB limit (libvirt skips it)"),
-    Code(OVER_RPC_LIMIT, ERROR, "file is over 4 MiB and cannot cross libvirt's RPC"),
-    Code(FILE_NAME_MISMATCH, WARNING, "file name differs from the <name> it holds"),
-    Code(UNSTORABLE_NAME, ERROR, "name cannot be a libvirt metadata file name"),
-    Code(SCHEMA_INVALID, WARNING, "does not validate against libvirt's RNG schema"),
-    Code(BAD_INTERNAL_ELEMENT, ERROR, "missing or invalid <name>/<active> (libvirt skips it)"),
-    Code(EMPTY_NAME, ERROR, "moment without a name"),
-    Code(DUPLICATE, ERROR, "name defined more than once"),
-    Code(MISSING_PARENT, ERROR, "parent does not exist"),
-    Code(CYCLE, ERROR, "parent cycle"),
-    Code(CURRENT_MISSING, ERROR, "current names a moment that does not exist"),
-    Code(UUID_MISMATCH, ERROR, "embedded domain uuids differ"),
-    Code(SEVERAL_CURRENT, ERROR, "more than one snapshot marked current"),
-    Code(NO_CURRENT, WARNING, "snapshots exist but none is marked current"),
-    Code(UUID_VS_DEFINITION, ERROR, "embedded uuid differs from the domain's definition"),
-    Code(NAME_PATTERN, ERROR, "name outside the pattern libvirt's schema allows for this kind"),
-    Code(STORE_MISSING, WARNING, "libvirt folder has no consolidated file"),
-    Code(FOLDER_MISSING, ERROR, "consolidated file holds moments libvirt's folder lacks entirely"),
-    Code(ONLY_IN_FOLDER, ERROR, "moment in libvirt's folder, not in the store"),
-    Code(ONLY_IN_STORE, ERROR, "moment in the store, not in libvirt's folder"),
-    Code(CONTENT_DIFFERS, ERROR, "store and folder hold different content (C14N)"),
-    Code(CURRENT_DIFFERS, ERROR, "store and folder name different current moments"),
-    Code(LIBVIRT_TEMP, WARNING, "libvirt temp (*.new) left in a domain folder"),
-    Code(SNAPSTORE_TEMP, WARNING, "temp left by a dead snapstore process"),
-    Code(SYMLINK, ERROR, "symlink (never followed)"),
-    Code(NOT_REGULAR, ERROR, "not a regular file"),
-    Code(MODE_TOO_WIDE, WARNING, "permissions wider than 0600 (files hold secrets)"),
-    Code(FOREIGN_FILE, WARNING, "foreign file in a domain folder (libvirtd parses it at start)"),
-    Code(IMAGE_LACKS_SNAPSHOT, ERROR, "internal snapshot missing from its disk image"),
-    Code(IMAGE_ORPHAN_SNAPSHOT, WARNING, "disk image holds a snapshot without metadata"),
-    Code(IMAGE_UNREADABLE, WARNING, "disk image cannot be inspected"),
+    Code(UNREADABLE, ERROR),  # file cannot be read
+    Code(UNPARSABLE, ERROR),  # file is not well-formed XML (libvirt skips it)
+    Code(WRONG_ROOT, ERROR),  # file has the wrong root element (libvirt skips it)
+    Code(OVER_LIBVIRT_LIMIT, ERROR),  # file is over libvirt's 1 MiB limit (libvirt skips it)
+    Code(OVER_RPC_LIMIT, ERROR),  # file is over 4 MiB and cannot cross libvirt's RPC
+    Code(FILE_NAME_MISMATCH, WARNING),  # file name differs from the <name> it holds
+    Code(UNSTORABLE_NAME, ERROR),  # name cannot be a libvirt metadata file name
+    Code(SCHEMA_INVALID, WARNING),  # does not validate against libvirt's RNG schema
+    Code(BAD_INTERNAL_ELEMENT, ERROR),  # missing or invalid <name>/<active> (libvirt skips it)
+    Code(EMPTY_NAME, ERROR),  # moment without a name
+    Code(DUPLICATE, ERROR),  # name defined more than once
+    Code(MISSING_PARENT, ERROR),  # parent does not exist
+    Code(CYCLE, ERROR),  # parent cycle
+    Code(CURRENT_MISSING, ERROR),  # current names a moment that does not exist
+    Code(UUID_MISMATCH, ERROR),  # embedded domain uuids differ
+    Code(SEVERAL_CURRENT, ERROR),  # more than one snapshot marked current
+    Code(NO_CURRENT, WARNING),  # snapshots exist but none is marked current
+    Code(UUID_VS_DEFINITION, ERROR),  # embedded uuid differs from the domain's definition
+    Code(NAME_PATTERN, ERROR),  # name outside the pattern libvirt's schema allows for this kind
+    Code(STORE_MISSING, WARNING),  # libvirt folder has no consolidated file
+    Code(FOLDER_MISSING, ERROR),  # consolidated file holds moments libvirt's folder lacks entirely
+    Code(ONLY_IN_FOLDER, ERROR),  # moment in libvirt's folder, not in the store
+    Code(ONLY_IN_STORE, ERROR),  # moment in the store, not in libvirt's folder
+    Code(CONTENT_DIFFERS, ERROR),  # store and folder hold different content (C14N)
+    Code(CURRENT_DIFFERS, ERROR),  # store and folder name different current moments
+    Code(LIBVIRT_TEMP, WARNING),  # libvirt temp (*.new) left in a domain folder
+    Code(SNAPSTORE_TEMP, WARNING),  # temp left by a dead snapstore process
+    Code(SYMLINK, ERROR),  # symlink (never followed)
+    Code(NOT_REGULAR, ERROR),  # not a regular file
+    Code(MODE_TOO_WIDE, WARNING),  # permissions wider than 0600 (files hold secrets)
+    Code(FOREIGN_FILE, WARNING),  # foreign file in a domain folder (libvirtd parses it at start)
+    Code(IMAGE_LACKS_SNAPSHOT, ERROR),  # internal snapshot missing from its disk image
+    Code(IMAGE_ORPHAN_SNAPSHOT, WARNING),  # disk image holds a snapshot without metadata
+    Code(IMAGE_UNREADABLE, WARNING),  # disk image cannot be inspected
 ]}

@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from snapstore import errors, limits
+from snapstore import errors, kinds, limits
 
 DEFAULT_PATH = Path("/etc/snapstore/snapstore.toml")
 
@@ -41,8 +41,9 @@ class Config(typing.NamedTuple):
     # Daemon: full reconcile of every domain, the safety net under inotify.
     reconcile_interval: float = 600.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {name: _plain(value) for name, value in self._asdict().items()}
+    def root(self, kind: kinds.Kind) -> Path:
+        """libvirt's folder of per-moment files for ``kind``."""
+        return self.checkpoint_dir if kind is kinds.CHECKPOINT else self.libvirt_dir
 
 
 def load(path: Path | None) -> Config:
@@ -92,12 +93,4 @@ def _convert(key: str, value: Any, default: Any, source: str) -> Any:
 def _expect(value: Any, types: type | tuple[type, ...]) -> Any:
     if not isinstance(value, types) or isinstance(value, bool) and types is not bool:
         raise TypeError(f"expected {getattr(types, '__name__', 'a number')}, got {type(value).__name__}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return [_plain(item) for item in value]
     return value

@@ -23,5 +23,4 @@ SNAPSHOT = Kind("snapshot", "snapshots", "domainsnapshot", "snapshot-edit", True
 CHECKPOINT = Kind("checkpoint", "checkpoints", "domaincheckpoint", "checkpoint-edit", False,
                   re.compile(r"[a-zA-Z0-9_\-][a-zA-Z0-9_\-.]*"))
 
-BY_PLURAL = {kind.plural: kind for kind in (SNAPSHOT, CHECKPOINT)}
 ALL = (SNAPSHOT, CHECKPOINT)

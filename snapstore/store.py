@@ -97,7 +97,7 @@ class Store:
         return domain if domain is not None and naming.domain_stem(domain) == stem else None
 
     @contextlib.contextmanager
-    def lock(self, kind: kinds.Kind, domain: str, exclusive: bool = True) -> Iterator[None]:
+    def lock(self, kind: kinds.Kind, domain: str) -> Iterator[None]:
         """The domain's lock, re-entrant within one thread: a caller holds it
         from reading libvirt's folder to the commit, and the commit takes it
         again (a second flock of the same file in one process would block)."""
@@ -110,7 +110,7 @@ class Store:
             finally:
                 self._held[key] -= 1
             return
-        with _flocked(path, exclusive, self.lock_timeout):
+        with _flocked(path, self.lock_timeout):
             self._held[key] = 1
             try:
                 yield
@@ -294,7 +294,7 @@ def _make_folder(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _flocked(path: Path, exclusive: bool, timeout: float) -> Iterator[None]:
+def _flocked(path: Path, timeout: float) -> Iterator[None]:
     # Read-only is enough for flock, and lets the service's dynamic user
     # (CAP_DAC_READ_SEARCH) lock a file root's commands created; opened
     # through locks/ as an O_NOFOLLOW descriptor, so a symlinked locks/ is refused.
@@ -308,17 +308,17 @@ def _flocked(path: Path, exclusive: bool, timeout: float) -> Iterator[None]:
         os.close(fd)
         raise errors.EnvironmentProblem(path=path, reason="lock file is not a regular file")
     try:
-        _acquire(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, path, timeout)
+        _acquire(fd, path, timeout)
         yield
     finally:
         os.close(fd)  # closing the last fd releases the flock
 
 
-def _acquire(fd: int, operation: int, path: Path, timeout: float) -> None:
+def _acquire(fd: int, path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):

@@ -94,7 +94,7 @@ class Context:
         return kinds.CHECKPOINT if getattr(args, "checkpoints", False) else kinds.SNAPSHOT
 
     def root(self, kind: kinds.Kind) -> Path:
-        return self.config.checkpoint_dir if kind is kinds.CHECKPOINT else self.config.libvirt_dir
+        return self.config.root(kind)
 
     def store(self) -> store.Store:
         return store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes,

@@ -59,7 +59,7 @@ class Synchronizer:
         self.domains: dict[Key, DomainState] = {}
 
     def root(self, kind: kinds.Kind) -> Path:
-        return self.settings.checkpoint_dir if kind is kinds.CHECKPOINT else self.settings.libvirt_dir
+        return self.settings.root(kind)
 
     def all_keys(self) -> list[Key]:
         """Every domain known to libvirt's roots or to the store."""

@@ -177,18 +177,12 @@ def test_lock_times_out_with_a_clear_error(state: store.Store) -> None:
         with pytest.raises(errors.LockTimeout, match="lock held by another snapstore process for 0.3 s"):
             state.replace(tree_of(("a", None)))
         with pytest.raises(errors.LockTimeout):
-            with state.lock(SNAP, "vm1", exclusive=False):
+            with state.lock(SNAP, "vm1"):
                 pass
     finally:
         release.set()
         thread.join()
     assert state.replace(tree_of(("a", None)))
-
-
-def test_shared_locks_do_not_exclude_each_other(state: store.Store) -> None:
-    with state.lock(SNAP, "vm1", exclusive=False):
-        with state.lock(SNAP, "vm1", exclusive=False):
-            pass
 
 
 def test_emptying_is_refused_unless_allowed(state: store.Store) -> None:
