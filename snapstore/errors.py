@@ -97,6 +97,16 @@ class Refused(SnapstoreError):
         super().__init__(f"{domain}: {reason}")
 
 
+class Emptying(Refused):
+    """An empty tree would replace a store file that holds moments: how lost
+    metadata looks (a reinstall, an emptied folder), so never done unasked."""
+
+    def __init__(self, *, domain: str, plural: str, held: int, origin: str, recovery: str) -> None:
+        self.held = held
+        super().__init__(domain=domain, reason=f"{origin} no {plural} but the store holds {held}; not replacing "
+                                               f"them ({recovery}, or pass --allow-empty)")
+
+
 class FolderBusy(Refused):
     """libvirt rewrote the folder while it was read: what was read may be a
     state the folder never held (half old, half new), so it is not used."""

@@ -19,6 +19,7 @@ It holds no secrets, but is written 0600 like everything else.
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,20 @@ Row = tuple[str, "str | None", "int | None", "str | None"]
 Sources = dict[str, Identity]  # file name -> identity ([] when gone meanwhile)
 
 
+class Entry(typing.NamedTuple):
+    """What the index says of one consolidated file."""
+
+    current: str | None
+    rows: list[Row]  # topological order
+    uuid: str | None
+    sources: Sources | None  # the legacy folder's entries it was consolidated from
+
+
+def _entry(data: dict[str, Any]) -> Entry:
+    rows = [(row[0], row[1], row[2], row[3]) for row in data["rows"]]
+    return Entry(data["current"], rows, data["uuid"], data["sources"])
+
+
 def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sources: Sources | None = None,
            uuid: str | None = None) -> bytes:
     return json.dumps({"format": FORMAT, "identity": of, "domain": domain, "current": current,
@@ -39,7 +54,7 @@ def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sour
                       ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
+def read(index_path: Path, of: Identity, domain: str) -> Entry | None:
     """The index when it describes exactly file ``of``; None when it is
     missing, stale or not an index. An I/O error reading it raises (the
     caller says so and rebuilds)."""
@@ -55,9 +70,12 @@ def read(index_path: Path, of: Identity, domain: str) -> dict[str, Any] | None:
         except ValueError:
             return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("identity") != of \
-            or data.get("domain") != domain or "uuid" not in data:
+            or data.get("domain") != domain:
         return None
-    return data
+    try:
+        return _entry(data)
+    except (KeyError, IndexError, TypeError):  # not an index of this format after all: rebuilt over it
+        return None
 
 
 def write(index_path: Path, data: bytes) -> None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
+import shlex
 import stat
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from snapstore import codes, errors, fsio, index, kinds, lazy, limits, naming
 
@@ -32,6 +33,18 @@ model = lazy.module("snapstore.model")
 T = TypeVar("T")
 _FOLDERS = ("snapshots", "checkpoints", "locks", "attic", "index")
 _LOCK_POLL = 0.02
+
+
+class Origin(typing.NamedTuple):
+    """Where a tree to commit came from, for the words of a refusal."""
+
+    says: str      # "the legacy folder has", "qemu:///system reports"
+    recovery: str  # how to bring the moments back
+
+
+def legacy_origin(kind: kinds.Kind, domain: str) -> Origin:
+    flag = " --checkpoints" if kind is kinds.CHECKPOINT else ""
+    return Origin("the legacy folder has", f"bring them back with 'snapstore expand {shlex.quote(domain)}{flag}'")
 
 
 class Store:
@@ -134,21 +147,22 @@ class Store:
         return tree
 
     def replace(self, tree: model.Tree, allow_empty: bool = False, dry_run: bool = False,
-                sources: index.Sources | None = None) -> bool:
+                sources: index.Sources | None = None, origin: Origin | None = None) -> bool:
         """Commit ``tree`` unless the file already holds it; True when written.
 
-        Refuses to replace moments with an empty tree unless ``allow_empty``:
-        an empty libvirt folder is how lost metadata looks after a reinstall.
-        ``sources``: identities of the legacy folder's entries the tree was
-        read from, recorded in the index (see unchanged()).
+        Refuses to replace moments with an empty tree unless ``allow_empty``
+        (errors.Emptying, worded by ``origin``: where the empty tree came
+        from and how to bring the moments back).  ``sources``: identities of
+        the legacy folder's entries the tree was read from, recorded in the
+        index (see unchanged()).
         """
         _raise_problems(tree)
         data = consolidated.format_consolidated(tree)
         self._refuse_unreadable(tree, data)
         if dry_run:  # no lock: a dry run must work before the state folder exists
-            return self._needs_write(tree, data, allow_empty)
+            return self._needs_write(tree, data, allow_empty, origin)
         with self.lock(tree.kind, tree.domain):
-            if not self._needs_write(tree, data, allow_empty):
+            if not self._needs_write(tree, data, allow_empty, origin):
                 if sources is not None:
                     self._write_index(tree, sources)
                 return False
@@ -163,22 +177,22 @@ class Store:
                 f"the consolidated file of {len(tree)} {tree.kind.plural} would be {len(data)} bytes, over the "
                 f"{self.read_limit}-byte limit snapstore reads (max_store_bytes); not written"))
 
-    def unchanged(self, kind: kinds.Kind, domain: str, sources: index.Sources) -> dict[str, Any] | None:
+    def unchanged(self, kind: kinds.Kind, domain: str, sources: index.Sources) -> index.Entry | None:
         """The index, when the file was consolidated from a folder whose entries
         all still have the identities in ``sources``; else None."""
         of = self._identity(self.path(kind, domain))
         found = self._read_index(kind, domain, of) if of is not None else None
-        return found if found is not None and found.get("sources") == sources else None
+        return found if found is not None and found.sources == sources else None
 
     def listing(self, kind: kinds.Kind, domain: str) -> tuple[str | None, list[index.Row]] | None:
         """(current, rows) for `list`."""
         found = self.summary(kind, domain)
-        return (found["current"], [tuple(row) for row in found["rows"]]) if found is not None else None
+        return (found.current, found.rows) if found is not None else None
 
-    def summary(self, kind: kinds.Kind, domain: str) -> dict[str, Any] | None:
-        """The index of the committed file (current, rows, uuid), None when there
-        is no file: from the index while it matches the file, else from the
-        file itself (and the index is rebuilt)."""
+    def summary(self, kind: kinds.Kind, domain: str) -> index.Entry | None:
+        """The index of the committed file, None when there is no file: from
+        the index while it matches the file, else from the file itself (and
+        the index is rebuilt)."""
         path = self.path(kind, domain)
         before = self._identity(path)
         if before is None:
@@ -189,10 +203,10 @@ class Store:
         tree = self.read_tree(kind, domain)
         if tree is None:
             return None
-        data = index.encode(domain, tree.current, _rows(tree), before, uuid=tree.uuid())
         if self._identity(path) == before:  # else the file changed while read: do not record a mix
-            self._save_index(self.index_path(kind, domain), data)
-        return json.loads(data)
+            self._save_index(self.index_path(kind, domain),
+                             index.encode(domain, tree.current, _rows(tree), before, uuid=tree.uuid()))
+        return index.Entry(tree.current, _rows(tree), tree.uuid(), None)
 
     def _identity(self, path: Path) -> index.Identity | None:
         """The store file's identity, None when absent; the folder must be usable."""
@@ -212,7 +226,7 @@ class Store:
             self._save_index(self.index_path(tree.kind, tree.domain),
                              index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
 
-    def _read_index(self, kind: kinds.Kind, domain: str, of: index.Identity) -> dict[str, Any] | None:
+    def _read_index(self, kind: kinds.Kind, domain: str, of: index.Identity) -> index.Entry | None:
         try:
             return index.read(self.index_path(kind, domain), of, domain)
         except errors.SnapstoreError as e:
@@ -228,22 +242,20 @@ class Store:
         except errors.SnapstoreError as e:
             self.warn(f"{e} (the listing index only; the store file itself is committed)")
 
-    def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool) -> bool:
+    def _needs_write(self, tree: model.Tree, data: bytes, allow_empty: bool, origin: Origin | None) -> bool:
         path = self.path(tree.kind, tree.domain)
         if _unless_missing(path, lambda dir_fd: fsio.holds(dir_fd, path.name, data, self.read_limit, path)):
             return False
         if not tree.moments and not allow_empty:
-            self._refuse_emptying(tree)
+            self._refuse_emptying(tree, origin or legacy_origin(tree.kind, tree.domain))
         return True
 
-    def _refuse_emptying(self, tree: model.Tree) -> None:
+    def _refuse_emptying(self, tree: model.Tree, origin: Origin) -> None:
         old = self.read_bytes(tree.kind, tree.domain)
         held = len(consolidated.parse_consolidated(old, tree.kind, "", self.read_limit)) if old else 0
         if held:
-            raise errors.Refused(domain=tree.domain, reason=(
-                f"the legacy folder has no {tree.kind.plural} but the store holds {held}; "
-                f"not replacing them (bring them back with 'snapstore expand {tree.domain}', "
-                "or pass --allow-empty)"))
+            raise errors.Emptying(domain=tree.domain, plural=tree.kind.plural, held=held, origin=origin.says,
+                                  recovery=origin.recovery)
 
     def to_attic(self, kind: kinds.Kind, domain: str) -> Path:
         """Move a domain's file to attic/ with a UTC timestamp; return the new path.

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from snapstore import codes, config, errors, kinds, legacydir, model, naming, store
+from snapstore import config, errors, kinds, legacydir, model, naming, ops, store
 from snapstore.daemon import logs
 
 log = logging.getLogger("snapstore.daemon")
@@ -33,6 +33,10 @@ class Outcome(enum.Enum):
 
 
 _MAX_BACKOFF = 30.0
+# The consistency gate: no libvirt write in flight; two reads at most (the
+# second re-reads a file changed before the first whose event is still on
+# its way); emptying allowed while running (libvirt deleted every moment).
+_GATE = ops.Policy(allow_empty=True, in_flight_ok=False, attempts=2)
 
 
 @dataclasses.dataclass
@@ -128,31 +132,30 @@ class Synchronizer:
     def _sync(self, key: Key, state: DomainState, at_start: bool) -> Outcome:
         kind, domain = key
         try:
-            # Two reads at most: the second re-reads a file changed before the
-            # first whose event is still on its way.
-            folder = legacydir.read_settled(self.root(kind), kind, domain, self.settings.max_legacy_bytes,
-                                            state.cache, attempts=2)
+            folder = ops.read_consistent(self.settings, kind, domain, _GATE, state.cache)
         except errors.UnknownDomain:
             return self._folder_gone(key, state, at_start)
         except errors.FolderBusy as e:  # the change that overlapped the read has its own event: read after it
             return self._unsettled(key, state, [str(e)])
-        problems = folder.problems() + [codes.Problem(codes.LIBVIRT_TEMP, "libvirt is writing it (or crashed while "
-                                                      "writing it)", path=str(folder.path / name))
-                                        for name in folder.libvirt_temps]
-        if problems:  # each with its code: the log says which rule
-            return self._unsettled(key, state, [str(problem) for problem in problems])
+        except errors.TreeError as e:  # each problem with its code: the log says which rule
+            return self._unsettled(key, state, [str(problem) for problem in e.problems])
         return self._commit(key, state, folder, at_start)
 
     def _commit(self, key: Key, state: DomainState, folder: legacydir.LegacyFolder, at_start: bool) -> Outcome:
         kind, domain = key
         tree = folder.tree()
-        if state.guarded or (at_start and not tree.moments):
-            outcome = self._guard(key, state, tree)
-            if outcome is not None:
-                return outcome
-        elif self._replaces_another(key, state, folder, tree):
+        if state.guarded and tree.moments and self._held(key):
+            self._set_aside(key, f"libvirt has new {kind.plural}")
+        elif not state.guarded and self._replaces_another(key, state, folder, tree):
             self._set_aside(key, "its libvirt folder was re-created")
-        changed = self.store.replace(tree, allow_empty=True)
+        # At start (and while guarded) an empty folder means lost metadata
+        # (a reinstall): the store's emptying guard keeps the file.
+        try:
+            changed = ops.commit(self.store, folder, _GATE._replace(allow_empty=not (at_start or state.guarded)))
+        except errors.Emptying as e:
+            self._report_guard(key, state, e.held, "is empty")
+            return Outcome.GUARDED
+        state.guarded = False
         state.folder, state.uuid = folder.identity, tree.uuid() or state.uuid
         self._settled(key, state)
         state.count = len(tree)
@@ -175,27 +178,10 @@ class Synchronizer:
         if state.folder is not None and not recreated:
             return None not in (state.uuid, tree.uuid()) and state.uuid != tree.uuid()
         old = self.store.summary(*key)  # the index: no parse of the whole file at start
-        if old is None or not old["rows"]:
+        if old is None or not old.rows:
             return False
-        other_uuid = None not in (old["uuid"], tree.uuid()) and old["uuid"] != tree.uuid()
-        return other_uuid or (recreated and not {row[0] for row in old["rows"]} <= set(tree.by_name))
-
-    def _guard(self, key: Key, state: DomainState, tree: model.Tree) -> Outcome | None:
-        """Keep a store file whose moments libvirt no longer has.
-
-        At start an empty folder means lost metadata (a reinstall); once
-        libvirt writes new moments, the old file moves to the attic first.
-        """
-        held = self._held(key)
-        if not held:
-            state.guarded = False
-            return None
-        if not tree.moments:
-            self._report_guard(key, state, held, "is empty")
-            return Outcome.GUARDED
-        self._set_aside(key, f"libvirt has new {key[0].plural}")
-        state.guarded = False
-        return None
+        other_uuid = None not in (old.uuid, tree.uuid()) and old.uuid != tree.uuid()
+        return other_uuid or (recreated and not {row[0] for row in old.rows} <= set(tree.by_name))
 
     def _set_aside(self, key: Key, why: str) -> None:
         kind, domain = key
@@ -233,7 +219,7 @@ class Synchronizer:
             found = self.store.summary(*key)
         except errors.SnapstoreError:
             return 1  # unreadable: treat as holding something, never overwrite blindly
-        return len(found["rows"]) if found else 0
+        return len(found.rows) if found else 0
 
     def _unsettled(self, key: Key, state: DomainState, problems: list[str]) -> Outcome:
         kind, domain = key
