@@ -168,21 +168,28 @@ def _source_tree(args: argparse.Namespace, kind: kinds.Kind, context: common.Con
     tree = consolidated.parse_consolidated(_read_input(args.source_file, limit), kind, source, limit)
     problems = tree.validate()
     if problems:
-        raise errors.TreeError(tree.domain, problems)
+        raise errors.TreeError(domain=tree.domain, problems=problems)
     if tree.domain != args.domain:
         raise errors.Refused(domain=args.domain, reason=f"{source} holds the {kind.plural} of domain {tree.domain!r}")
     return tree
 
 
 def _read_input(name: str, limit: int) -> bytes:
-    """At most limit + 1 bytes: the parser refuses anything over the limit."""
+    """stdin (at most limit + 1 bytes: the parser refuses anything over the
+    limit), or a file read as every input is: a regular file, no symlink
+    followed, no FIFO waited on (a symlink or a FIFO is refused, exit 1, as
+    consolidate refuses one in a libvirt folder)."""
     if name == "-":
         return sys.stdin.buffer.read(limit + 1)
+    path = Path(name)
     try:
-        with open(name, "rb") as file:
-            return file.read(limit + 1)
-    except OSError as e:
-        raise errors.EnvironmentProblem(path=name, reason=f"cannot be read: {fsio.reason(e)}") from e
+        with fsio.opened_dir(path.parent) as dir_fd:
+            # "." for "/" or ".", whose name is empty: refused as a directory
+            return fsio.read_regular(dir_fd, path.name or ".", limit, name)
+    except errors.FormatError as e:
+        if isinstance(e.__cause__, FileNotFoundError):  # a path that names nothing: a usage slip, exit 2
+            raise errors.EnvironmentProblem(path=name, reason="no such file") from None
+        raise
 
 
 def _restore_json(result: bridge.RestoreResult, uri: str) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from snapstore import errors, hostenv, lazy
 from snapstore.cli import common
 
+fsio = lazy.module("snapstore.fsio")
 legacydir = lazy.module("snapstore.legacydir")
 model = lazy.module("snapstore.model")
 
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace, context: common.Context) -> int:
         _make_root(root)
     result = legacydir.write_folder(root, tree, store.root / "attic", prune=args.prune,
                                     dry_run=args.dry_run, limit=context.config.max_legacy_bytes)
+    for line in result.warnings:
+        context.warn(line)
     _report(result, tree, args, context)
     return 0
 
@@ -68,10 +72,20 @@ def _refuse_live_root(root: Path, live_root: Path, context: common.Context) -> N
 
 
 def _make_root(root: Path) -> None:
-    try:
-        root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except OSError as e:
-        raise errors.EnvironmentProblem(path=root, reason=f"cannot create folder: {e.strerror}") from e
+    """Create the folders of ``root`` that are missing, one at a time, each mode
+    0700 whatever the umask (they will hold libvirt's metadata, secrets
+    included); folders that exist are left as they are."""
+    # lexists: a dangling symlink counts as there, so nothing is made through it
+    missing = [folder for folder in (root, *root.parents) if not os.path.lexists(folder)]
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+            with fsio.opened_dir(folder) as fd:  # O_NOFOLLOW: a symlink swapped in for it is refused
+                os.fchmod(fd, 0o700)  # the umask may have narrowed mkdir's mode; it must not decide it
+        except FileExistsError:
+            continue  # made by another process meanwhile: theirs, left alone
+        except OSError as e:
+            raise errors.EnvironmentProblem(path=folder, reason=f"cannot create folder: {fsio.reason(e)}") from e
 
 
 def _report(result: legacydir.WriteResult, tree: model.Tree, args: argparse.Namespace,

@@ -59,22 +59,46 @@ def format_table(current: str | None, rows: list[index.Row]) -> list[str]:
     return lines
 
 
+DRAWN_LEVELS = 64  # lines up to this depth are drawn in full, as always: deeper than trees usually get
+KEPT_LEVELS = 8  # deeper lines: only the guides of their last levels, after "[depth N] "
+_BELOW = {"├── ": "│   ", "└── ": "    "}  # what a branch leaves for the lines below it
+_Lead = tuple[str, "_Lead"] | None  # guides left of a branch, innermost first, shared with the parent's
+
+
 def format_tree(current: str | None, rows: list[index.Row]) -> list[str]:
-    """The parent tree, siblings in the file's canonical order, the current one marked."""
+    """The parent tree, siblings in the file's canonical order, the current one marked.
+
+    A line DRAWN_LEVELS or fewer levels below its root is drawn in full. A
+    deeper one starts with ``[depth N] `` (N levels below its root) and draws
+    only its last KEPT_LEVELS levels' guides: drawn in full, a chain N deep
+    would print N²/2 indentation (18 MB for 3,000), this keeps the output
+    linear in N, and the marker says what the elided guides would.
+    """
     names = {row[0] for row in rows}
     children: dict[str | None, list[str]] = {}
     for name, parent, _, _ in rows:
         children.setdefault(parent if parent in names else None, []).append(name)
     lines: list[str] = []
-    stack = [(name, "", "") for name in reversed(children.get(None, []))]
+    stack: list[tuple[str, int, _Lead, str]] = [(name, 0, None, "") for name in reversed(children.get(None, []))]
     while stack:
-        name, lead, branch = stack.pop()
+        name, depth, lead, branch = stack.pop()
         mark = "  (current)" if name == current else ""
-        lines.append(f"{lead}{branch}{common.printable(name)}{mark}")
-        below = children.get(name, [])
-        inner = lead + ("" if not branch else "│   " if branch == "├── " else "    ")
-        stack.extend((child, inner, "└── " if i == 0 else "├── ") for i, child in enumerate(reversed(below)))
+        lines.append(f"{_guides(depth, lead, branch)}{common.printable(name)}{mark}")
+        inner = (_BELOW[branch], lead) if branch else lead  # linked, not copied: O(1) per child
+        stack.extend((child, depth + 1, inner, "└── " if i == 0 else "├── ")
+                     for i, child in enumerate(reversed(children.get(name, []))))
     return lines
+
+
+def _guides(depth: int, lead: _Lead, branch: str) -> str:
+    """What is drawn left of a name ``depth`` levels down: at most DRAWN_LEVELS guides."""
+    deep = depth > DRAWN_LEVELS
+    wanted = KEPT_LEVELS if deep else depth
+    segments = [branch]
+    while lead is not None and len(segments) < wanted:
+        segment, lead = lead
+        segments.append(segment)
+    return (f"[depth {depth}] " if deep else "") + "".join(reversed(segments))
 
 
 def _when(seconds: int | None) -> str:
