@@ -255,6 +255,27 @@ def make_dir(dir_fd: int, name: str, mode: int = 0o700) -> None:
     os.mkdir(name, mode, dir_fd=dir_fd)
 
 
+def write_folder(parent_fd: int, name: str, files: dict[str, bytes]) -> None:
+    """A new folder ``name`` holding ``files`` (each created O_EXCL, 0600,
+    fsynced), the folder and its parent fsynced: a whole copy on disk."""
+    make_dir(parent_fd, name)
+    folder_fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        for file_name, data in files.items():
+            write_new(folder_fd, file_name, data)
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+    os.fsync(parent_fd)
+
+
+def remove_quietly(dir_fd: int, name: str) -> None:
+    """Remove a temp folder of ours, best effort: a leftover is swept (or
+    reported) by the next run."""
+    with contextlib.suppress(OSError, NotOurs):
+        remove_tree(dir_fd, name)
+
+
 class NotOurs(Exception):
     """A temp holds something snapstore never puts in one: left alone."""
 

@@ -7,10 +7,10 @@ renameat2(RENAME_EXCHANGE), as Radicale swaps collections.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from snapstore import codes, errors, fsio, index, kinds, model, naming
@@ -212,12 +212,16 @@ class WriteResult:
     warnings: list[str] = dataclasses.field(default_factory=list)  # stale temps that could not be swept
 
 
-def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
+Keep = Callable[[dict[str, bytes]], Path]  # copies a replaced folder's files aside; where they went
+
+
+def write_folder(root: Path, tree: model.Tree, keep: Keep, prune: bool = False,
                  dry_run: bool = False, limit: int = legacy.LIBVIRT_FILE_LIMIT) -> WriteResult:
     """Make ``root/<domain>`` hold exactly ``tree``.
 
     Files the tree does not hold are refused unless ``prune``; every file
-    replaced or pruned is first copied to ``attic`` (nothing is lost).
+    replaced or pruned is first handed to ``keep`` (the store's attic:
+    nothing is lost, and snapstore's own folder has one writer).
     """
     bad = unstorable_names(tree)
     if bad:  # checked here too: a name is joined into a path below
@@ -225,12 +229,12 @@ def write_folder(root: Path, tree: model.Tree, attic: Path, prune: bool = False,
     files = format_files(tree)
     path = domain_folder(root, tree.domain)
     left = fsio.sweep_temps(root, foreign=True).left if not dry_run and root.is_dir() else []
-    result = _write_folder_swept(root, path, tree, files, attic, prune, dry_run, limit)
+    result = _write_folder_swept(root, path, tree, files, keep, prune, dry_run, limit)
     result.warnings += left
     return result
 
 
-def _write_folder_swept(root: Path, path: Path, tree: model.Tree, files: dict[str, bytes], attic: Path,
+def _write_folder_swept(root: Path, path: Path, tree: model.Tree, files: dict[str, bytes], keep: Keep,
                         prune: bool, dry_run: bool, limit: int) -> WriteResult:
     existing = _existing_files(path, limit)
     extras = sorted(set(existing or {}) - set(files))
@@ -242,7 +246,7 @@ def _write_folder_swept(root: Path, path: Path, tree: model.Tree, files: dict[st
         return WriteResult(path, changed=False)
     if dry_run:
         return WriteResult(path, changed=True)
-    kept = _keep_in_attic(path, existing, attic, tree) if existing else None
+    kept = keep(existing) if existing else None
     _swap_in(root, path.name, files)
     return WriteResult(path, changed=True, attic=kept)
 
@@ -277,48 +281,21 @@ def _canonical_file(data: bytes, kind: kinds.Kind) -> bytes | None:
         return None
 
 
-def _keep_in_attic(path: Path, existing: dict[str, bytes], attic: Path, tree: model.Tree) -> Path:
-    """A whole copy, or none: built under a temp name (swept if we die), then renamed."""
-    kept = attic / naming.attic_name(tree.kind.plural, tree.domain, ".folder")
-    with fsio.opened_dir(attic) as attic_fd:
-        temp = fsio.temp_name()
-        try:
-            _write_folder(attic_fd, temp, existing)
-            os.rename(temp, kept.name, src_dir_fd=attic_fd, dst_dir_fd=attic_fd)
-            os.fsync(attic_fd)
-        except OSError as e:
-            _remove_quietly(attic_fd, temp)
-            raise errors.WriteError(path=kept, reason=fsio.reason(e)) from e
-    return kept
-
-
-def _write_folder(parent_fd: int, name: str, files: dict[str, bytes]) -> None:
-    fsio.make_dir(parent_fd, name)
-    folder_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-    try:
-        for file_name, data in files.items():
-            fsio.write_new(folder_fd, file_name, data)
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-    os.fsync(parent_fd)
-
-
 def _swap_in(root: Path, name: str, files: dict[str, bytes]) -> None:
     """Build the folder under a temp name beside it, then swap it in atomically."""
     with fsio.opened_dir(root) as root_fd:
         temp = fsio.temp_name(foreign=True)
         try:
-            _write_folder(root_fd, temp, files)
+            fsio.write_folder(root_fd, temp, files)
             if _exists(root_fd, name):
                 fsio.exchange(root_fd, temp, name)
             else:
                 os.rename(temp, name, src_dir_fd=root_fd, dst_dir_fd=root_fd)
         except OSError as e:
-            _remove_quietly(root_fd, temp)
+            fsio.remove_quietly(root_fd, temp)
             raise errors.WriteError(path=root / name, reason=fsio.reason(e)) from e
         fsio.fsync_dir(root_fd, root / name)
-        _remove_quietly(root_fd, temp)  # the old folder; a leftover is swept as stale
+        fsio.remove_quietly(root_fd, temp)  # the old folder; a leftover is swept as stale
 
 
 def _exists(dir_fd: int, name: str) -> bool:
@@ -327,10 +304,3 @@ def _exists(dir_fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _remove_quietly(dir_fd: int, name: str) -> None:
-    """Best effort: a leftover is swept (or reported) by the next run."""
-    if _exists(dir_fd, name):
-        with contextlib.suppress(OSError, fsio.NotOurs):
-            fsio.remove_tree(dir_fd, name)

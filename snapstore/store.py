@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import shlex
 import stat
@@ -24,11 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from snapstore import codes, errors, fsio, index, kinds, lazy, limits, naming
+from snapstore import codes, errors, fsio, index, kinds, limits, naming
 
-# Not needed to list from the index: loaded on first use.
-consolidated = lazy.module("snapstore.formats.consolidated")
-model = lazy.module("snapstore.model")
+if typing.TYPE_CHECKING:
+    from snapstore import model
+
+# `list` reads the index and never parses XML, so the formats (lxml) are
+# imported where a file is parsed or written, not when this module loads.
 
 T = TypeVar("T")
 _FOLDERS = ("snapshots", "checkpoints", "locks", "attic", "index")
@@ -55,7 +56,7 @@ class Store:
         self.read_limit = read_limit
         # Derived files (index) and sweeps fail without failing the commit:
         # said here, never swallowed.
-        self.warn = warn or logging.getLogger("snapstore").warning
+        self.warn = warn or _log_warning
         self._held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
@@ -106,6 +107,8 @@ class Store:
             return None
         if data is None:
             return None
+        from snapstore.formats import consolidated
+
         domain = consolidated.domain_attribute(data, kind)
         return domain if domain is not None and naming.domain_stem(domain) == stem else None
 
@@ -140,6 +143,8 @@ class Store:
         if data is None:
             return None
         source = str(self.path(kind, domain))
+        from snapstore.formats import consolidated
+
         tree = consolidated.parse_consolidated(data, kind, source, self.read_limit)
         if tree.domain != domain:
             raise errors.FormatError(path=source, reason=f"holds domain {tree.domain!r}, expected {domain!r}")
@@ -156,6 +161,8 @@ class Store:
         the legacy folder's entries the tree was read from, recorded in the
         index (see unchanged()).
         """
+        from snapstore.formats import consolidated
+
         _raise_problems(tree)
         data = consolidated.format_consolidated(tree)
         self._refuse_unreadable(tree, data)
@@ -251,11 +258,40 @@ class Store:
         return True
 
     def _refuse_emptying(self, tree: model.Tree, origin: Origin) -> None:
+        from snapstore.formats import consolidated
+
         old = self.read_bytes(tree.kind, tree.domain)
         held = len(consolidated.parse_consolidated(old, tree.kind, "", self.read_limit)) if old else 0
         if held:
             raise errors.Emptying(domain=tree.domain, plural=tree.kind.plural, held=held, origin=origin.says,
                                   recovery=origin.recovery)
+
+    def keep_folder(self, kind: kinds.Kind, domain: str, files: dict[str, bytes]) -> Path:
+        """A replaced legacy folder's files, copied into attic/ whole or not at
+        all: built under a temp name (swept if we die), then renamed."""
+        kept = self.root / "attic" / naming.attic_name(kind.plural, domain, ".folder")
+        with fsio.opened_dir(kept.parent) as attic_fd:
+            temp = fsio.temp_name()
+            try:
+                fsio.write_folder(attic_fd, temp, files)
+                os.rename(temp, kept.name, src_dir_fd=attic_fd, dst_dir_fd=attic_fd)
+            except OSError as e:
+                fsio.remove_quietly(attic_fd, temp)
+                raise errors.WriteError(path=kept, reason=fsio.reason(e)) from e
+            fsio.fsync_dir(attic_fd, kept)
+        return kept
+
+    def keep_file(self, label: str, domain: str, suffix: str, data: bytes) -> Path:
+        """A new file in attic/ (created O_EXCL, fsynced, the folder too):
+        a transfer's dump, a file repair moved out of libvirt's folder."""
+        kept = self.root / "attic" / naming.attic_name(label, domain, suffix)
+        with fsio.opened_dir(kept.parent) as attic_fd:
+            try:
+                fsio.write_new(attic_fd, kept.name, data)
+            except OSError as e:
+                raise errors.WriteError(path=kept, reason=fsio.reason(e)) from e
+            fsio.fsync_dir(attic_fd, kept)
+        return kept
 
     def to_attic(self, kind: kinds.Kind, domain: str) -> Path:
         """Move a domain's file to attic/ with a UTC timestamp; return the new path.
@@ -292,6 +328,12 @@ def _raise_problems(tree: model.Tree) -> None:
     problems = tree.validate()
     if problems:
         raise errors.TreeError(domain=tree.domain, problems=problems)
+
+
+def _log_warning(text: str) -> None:
+    import logging  # only a library caller without its own warn gets here
+
+    logging.getLogger("snapstore").warning("%s", text)
 
 
 def _make_folder(path: Path) -> bool:

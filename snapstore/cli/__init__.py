@@ -19,8 +19,6 @@ from snapstore.cli import common
 # only the one asked for is imported.
 _COMMANDS = {("consolidate",): "consolidate", ("expand",): "expand", ("list",): "listing", ("check",): "check",
              ("dump", "restore", "transfer"): "bridge", ("daemon",): "daemon"}
-# Global options that take a value: skipped when looking for the command name.
-_VALUED = {"--config", "--libvirt-dir", "--checkpoint-dir", "--state-dir"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -39,9 +37,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def command_name(argv: Sequence[str]) -> str | None:
     """The first word that is not a global option or its value."""
+    valued = {option for action in common.global_options(suppress=False)._actions if action.nargs != 0
+              for option in action.option_strings}
     words = iter(argv)
     for word in words:
-        if word in _VALUED:
+        if word in valued:
             next(words, None)
         elif not word.startswith("-"):
             return word

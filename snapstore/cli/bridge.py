@@ -7,15 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from snapstore import errors, kinds, lazy
+from snapstore import bridge, errors, fsio, kinds, model, store, transfer
 from snapstore.cli import common
-
-bridge = lazy.module("snapstore.bridge")  # libvirt's bindings: ~0.1 s
-consolidated = lazy.module("snapstore.formats.consolidated")
-fsio = lazy.module("snapstore.fsio")
-model = lazy.module("snapstore.model")
-naming = lazy.module("snapstore.naming")
-store_ = lazy.module("snapstore.store")
+from snapstore.formats import consolidated
 
 PROGRESS_EVERY = 100  # moments between two progress lines on stderr; shorter runs show none
 
@@ -112,26 +106,18 @@ def _commit(tree: model.Tree, output: Path | None, allow_empty: bool, context: c
             uri: str) -> dict[str, Any]:
     """Make a dump durable: FILE, or the store's file (locked), each replaced atomically."""
     if output is not None:
-        path, changed = output, True
-        fsio.atomic_write(path, consolidated.format_consolidated(tree))
-    else:
-        store = context.store()
-        store.prepare()
-        _refuse_emptying(store, tree, allow_empty, uri)
-        path, changed = store.path(tree.kind, tree.domain), store.replace(tree, allow_empty=allow_empty)
+        return _dump_summary(tree, uri, transfer.keep_dump(context.store(), tree, output), True)
+    state = context.store()
+    state.prepare()
+    origin = store.Origin(f"{uri} reports",
+                          f"put them back with 'snapstore restore {tree.domain} --connect URI'")
+    changed = state.replace(tree, allow_empty=allow_empty, origin=origin)
+    return _dump_summary(tree, uri, state.path(tree.kind, tree.domain), changed)
+
+
+def _dump_summary(tree: model.Tree, uri: str, path: Path, changed: bool) -> dict[str, Any]:
     return {"domain": tree.domain, "kind": tree.kind.name, "uri": uri, "count": len(tree),
             "current": tree.current, "path": str(path), "changed": changed}
-
-
-def _refuse_emptying(store: store_.Store, tree: model.Tree, allow_empty: bool, uri: str) -> None:
-    # store.replace() refuses too, but names the legacy folder; say what happened here.
-    if tree.moments or allow_empty:
-        return
-    held = store.read_tree(tree.kind, tree.domain)
-    if held is not None and held.moments:
-        raise errors.Refused(domain=tree.domain, reason=(
-            f"{uri} reports no {tree.kind.plural} but the store holds {len(held)}; not replacing them "
-            f"(put them back with 'snapstore restore {tree.domain} --connect URI', or pass --allow-empty)"))
 
 
 def _say_dump(summary: dict[str, Any], kind: kinds.Kind, context: common.Context) -> None:
@@ -157,11 +143,11 @@ def run_restore(args: argparse.Namespace, context: common.Context) -> int:
 
 def _source_tree(args: argparse.Namespace, kind: kinds.Kind, context: common.Context) -> model.Tree:
     if args.source_file is None:
-        store = context.store()
-        tree = store.read_tree(kind, args.domain)
+        state = context.store()
+        tree = state.read_tree(kind, args.domain)
         if tree is None:
             raise errors.UnknownDomain(domain=args.domain, reason=(
-                f"no consolidated file {store.path(kind, args.domain)} (dump it first, or name one with --from)"))
+                f"no consolidated file {state.path(kind, args.domain)} (dump it first, or name one with --from)"))
         return tree
     source = "<stdin>" if args.source_file == "-" else args.source_file
     limit = context.config.max_store_bytes
@@ -272,28 +258,25 @@ def _progress(context: common.Context, domain: str, verb: str, kind: kinds.Kind)
 def run_transfer(args: argparse.Namespace, context: common.Context) -> int:
     _check_transfer_options(args)
     kind = context.kind(args)
-    with bridge.connected_pair(args.source_uri, args.target_uri) as (source, target):
-        if args.delete_source_metadata and bridge.same_instance(source, target):
-            raise errors.UsageError(reason=f"--from {args.source_uri} and --to {args.target_uri} reach the same "
-                                           "libvirt: deleting the source's metadata would delete what was restored")
-        bridge.check_domain(target, args.domain)  # before anything is written
-        tree = bridge.dump(source, kind, args.domain, _progress(context, args.domain, "dump", kind))
-        dumped = _commit(tree, _transfer_dump_path(args, tree, context), False, context, args.source_uri)
+    options = transfer.Options(args.replace, args.rewrite_uuid, args.delete_source_metadata,
+                               Path(args.output) if args.output else None)
+
+    def dumped(tree: model.Tree, path: Path) -> None:
         if not args.json:
-            _say_dump(dumped, kind, context)
-        result = _restore_keeping_source(target, tree, args, context, dumped["path"])
-        deleted = None
-        if result.complete and args.delete_source_metadata:
-            deleted = _delete_source(source, tree, context)
+            _say_dump(_dump_summary(tree, args.source_uri, path, True), kind, context)
+
+    done = transfer.transfer(context.store(), args.source_uri, args.target_uri, kind, args.domain, options,
+                             lambda step: _progress(context, args.domain, step, kind), dumped, context.warn)
     if args.json:
-        context.emit_json({"format": 1, "domain": args.domain, "kind": kind.name, "dump": dumped,
-                           "restore": _restore_json(result, args.target_uri),
-                           "source_deleted": deleted and _steps_json(deleted)})
-    code = _report_restore(result, args.target_uri, args.json, context)
+        context.emit_json({"format": 1, "domain": args.domain, "kind": kind.name,
+                           "dump": _dump_summary(done.tree, args.source_uri, done.dump, True),
+                           "restore": _restore_json(done.restored, args.target_uri),
+                           "source_deleted": done.deleted and _steps_json(done.deleted)})
+    code = _report_restore(done.restored, args.target_uri, args.json, context)
     if code and args.delete_source_metadata:
         context.warn(f"{args.domain}: the source's metadata was left on {args.source_uri}; "
-                     f"the dump is kept in {dumped['path']}")
-    return code or _report_deletion(deleted, tree, args, context, dumped["path"])
+                     f"the dump is kept in {done.dump}")
+    return code or _report_deletion(done.deleted, done.tree, args, context, str(done.dump))
 
 
 def _check_transfer_options(args: argparse.Namespace) -> None:
@@ -304,38 +287,6 @@ def _check_transfer_options(args: argparse.Namespace) -> None:
                                        "process: run 'snapstore dump -o FILE' and 'snapstore restore --from FILE'")
     if args.output == "-":
         raise errors.UsageError(reason="transfer commits its dump durably: -o needs a file, not '-'")
-
-
-def _transfer_dump_path(args: argparse.Namespace, tree: model.Tree, context: common.Context) -> Path:
-    # Not the store's file: where the daemon runs, it keeps that file in step
-    # with the local libvirt folder, which the restore (or the deletion on
-    # the source) changes step by step. Nothing rewrites a file in attic/.
-    if args.output:
-        return Path(args.output)
-    store = context.store()
-    store.prepare()
-    return store.root / "attic" / naming.attic_name(tree.kind.plural, tree.domain, ".xml")
-
-
-def _restore_keeping_source(target: bridge.Host, tree: model.Tree, args: argparse.Namespace,
-                            context: common.Context, dump_path: str) -> bridge.RestoreResult:
-    try:
-        return bridge.restore(target, tree, replace=args.replace, rewrite_uuid=args.rewrite_uuid,
-                              progress=_progress(context, args.domain, "restore", tree.kind))
-    except errors.SnapstoreError:  # refused, or libvirt failed before the first redefinition
-        context.warn(f"{args.domain}: nothing was deleted on {args.source_uri}; the dump is kept in {dump_path}")
-        raise
-
-
-def _delete_source(source: bridge.Host, tree: model.Tree, context: common.Context) -> bridge.Steps:
-    """Remove the source's metadata, but only what the target now holds."""
-    again = bridge.dump(source, tree.kind, tree.domain)
-    changes = bridge.differences(tree, again)
-    if changes:
-        raise errors.Refused(domain=tree.domain, reason=(
-            f"{source.uri} changed after the dump ({'; '.join(changes)}); its metadata was not deleted: "
-            "run the transfer again"))
-    return bridge.delete_metadata(source, tree, _progress(context, tree.domain, "delete", tree.kind))
 
 
 def _steps_json(steps: bridge.Steps) -> dict[str, Any]:

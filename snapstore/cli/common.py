@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from snapstore import config, errors, kinds, lazy
-
-store = lazy.module("snapstore.store")
+from snapstore import config, errors, kinds, store
 
 
 class Parser(argparse.ArgumentParser):

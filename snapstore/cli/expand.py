@@ -5,12 +5,9 @@ import argparse
 import os
 from pathlib import Path
 
-from snapstore import errors, hostenv, lazy
+from snapstore import errors, fsio, hostenv, legacydir, model
 from snapstore.cli import common
 
-fsio = lazy.module("snapstore.fsio")
-legacydir = lazy.module("snapstore.legacydir")
-model = lazy.module("snapstore.model")
 
 
 def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
@@ -45,7 +42,8 @@ def run(args: argparse.Namespace, context: common.Context) -> int:
     if not args.dry_run:
         store.prepare()
         _make_root(root)
-    result = legacydir.write_folder(root, tree, store.root / "attic", prune=args.prune,
+    result = legacydir.write_folder(root, tree, lambda files: store.keep_folder(kind, args.domain, files),
+                                    prune=args.prune,
                                     dry_run=args.dry_run, limit=context.config.max_legacy_bytes)
     for line in result.warnings:
         context.warn(line)
