@@ -46,12 +46,11 @@ SNAPSTORE = VENV / "snapstore"
 PYTHON = VENV / "python"
 sys.path.insert(0, str(REPO / "tests"))
 
-import libvirt  # noqa: E402
-from lxml import etree  # noqa: E402
-
 import daemonproc  # noqa: E402  real snapstore daemon + notify socket (tests' helper)
 import lab  # noqa: E402  embedded libvirt roots through labworker subprocesses
 import labworker  # noqa: E402
+import libvirt  # noqa: E402
+from lxml import etree  # noqa: E402
 
 SYSTEM_URI = "qemu:///system"
 SNAPSHOT_ROOT = Path("/var/lib/libvirt/qemu/snapshot")
@@ -285,7 +284,7 @@ def build_domain(system: System, cleanup: Cleanup, images: Path, name: str, coun
     dom.snapshotCreateXML(first_snapshot_xml(snapshot_name(0)), 0)
     template = etree.fromstring(dom.snapshotLookupByName(snapshot_name(0))
                                 .getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE).encode())
-    for i, (snap, xml) in enumerate(redefinitions(template, count), start=1):
+    for i, (_snap, xml) in enumerate(redefinitions(template, count), start=1):
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
         if i == count - 1:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
@@ -921,7 +920,7 @@ class OpenCounter:
         if self.fd < 0 or self._libc.inotify_add_watch(self.fd, os.fsencode(folder), self.IN_OPEN) < 0:
             raise OSError(ctypes.get_errno(), f"inotify on {folder}")
 
-    def __enter__(self) -> "OpenCounter":
+    def __enter__(self) -> OpenCounter:
         return self
 
     def __exit__(self, *_: Any) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from lab import Lab  # noqa: E402
+from lxml import etree  # noqa: E402
 
 from snapstore import cli, kinds, store  # noqa: E402
-from snapstore.formats import xmlsafe  # noqa: E402
-from lxml import etree  # noqa: E402
+from snapstore.formats import mapping, xmlsafe  # noqa: E402
 
 
 def main() -> int:
@@ -58,7 +58,7 @@ def compare(lab: Lab, state: store.Store) -> list[str]:
     for moment in tree.moments:
         api = etree.fromstring(view.xml.get(moment.name, "<missing/>").encode())
         if moment.parent != view.parents.get(moment.name, "?") or \
-                xmlsafe.canonical(moment.element) != xmlsafe.canonical(api):
+                xmlsafe.canonical(mapping.element(moment)) != xmlsafe.canonical(api):
             problems.append(f"snapshot {moment.name!r} differs from libvirt's")
     if sorted(tree.by_name) != sorted(view.names):
         problems.append("the names differ")

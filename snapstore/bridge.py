@@ -16,11 +16,8 @@ from typing import Any
 
 import libvirt
 
-from snapstore import codes, errors, kinds, model
-from snapstore.formats import xmlsafe
-
-# libvirt's RPC cap on one string: no single moment's XML can be larger.
-RPC_STRING_LIMIT = 4 * 1024 * 1024
+from snapstore import codes, errors, kinds, limits, model
+from snapstore.formats import mapping, xmlsafe
 
 Progress = Callable[[int, int], None]  # (moments done, total)
 
@@ -123,7 +120,7 @@ def _instance(uri: str) -> tuple[str, str, str]:
 
 
 def _hostname(host: Host) -> str:
-    return _call("get hostname", host.uri, host.conn.getHostname)
+    return str(_call("get hostname", host.uri, host.conn.getHostname))
 
 
 def check_domain(host: Host, domain: str) -> None:
@@ -174,7 +171,7 @@ class _Calls:
 def _current_snapshot(domain: libvirt.virDomain) -> str | None:
     if not domain.hasCurrentSnapshot(0):
         return None
-    return domain.snapshotCurrent(0).getName()
+    return str(domain.snapshotCurrent(0).getName())
 
 
 def _redefine_snapshot(domain: libvirt.virDomain, xml: str, current: bool) -> None:
@@ -236,12 +233,13 @@ def dump(host: Host, kind: kinds.Kind, domain: str, progress: Progress | None = 
 def _fetch(calls: _Calls, handle: Any, kind: kinds.Kind, host: Host, domain: str) -> model.Moment:
     text = _call(f"get {kind.name} XML", domain, calls.xml, handle)
     source = f"{host.uri}: {domain}: {kind.name} {handle.getName()!r}"
-    element = xmlsafe.parse_bytes(text.encode(), source, RPC_STRING_LIMIT)
+    element = xmlsafe.parse_bytes(text.encode(), source, limits.RPC_STRING)
     if element.tag != kind.root_tag:
-        raise errors.FormatError(path=source, reason=f"libvirt returned <{element.tag}>, expected <{kind.root_tag}>",
+        raise errors.FormatError(path=source, reason=f"libvirt returned <{xmlsafe.tag(element)}>, expected "
+                                                    f"<{kind.root_tag}>",
                                  code=codes.WRONG_ROOT)
     xmlsafe.refuse_unnestable(element, source)
-    return model.Moment.from_element(element, source)
+    return mapping.moment(element, source)
 
 
 def _report(progress: Progress | None, done: int, total: int) -> None:
@@ -257,7 +255,7 @@ def differences(expected: model.Tree, actual: model.Tree) -> list[str]:
     """
     names, found = set(expected.by_name), []
     changed = [name for name in sorted(names & set(actual.by_name))
-               if not expected.by_name[name].same_content(actual.by_name[name])]
+               if not mapping.same_content(expected.by_name[name], actual.by_name[name])]
     for label, group in (("gone", sorted(names - set(actual.by_name))),
                          ("new", sorted(set(actual.by_name) - names)), ("changed", changed)):
         if group:
@@ -376,10 +374,10 @@ def _with_target_uuid(tree: model.Tree, uuid: str, rewrite: bool, host: Host) ->
 def _with_uuid(moment: model.Moment, uuid: str) -> model.Moment:
     """A copy whose embedded domain definitions carry ``uuid``: libvirt's
     REDEFINE requires the target domain's (virDomainSnapshotRedefinePrep)."""
-    element = moment.element  # a fresh parse: the moment itself is not changed
+    element = mapping.element(moment)  # a fresh parse: the moment itself is not changed
     for node in [*element.iterfind("domain/uuid"), *element.iterfind("inactiveDomain/uuid")]:
         node.text = uuid
-    return model.Moment.from_element(element, moment.source)
+    return mapping.moment(element, moment.source)
 
 
 def _plan(calls: _Calls, handle: libvirt.virDomain, tree: model.Tree, replace: bool, host: Host) -> Plan:
@@ -390,7 +388,7 @@ def _plan(calls: _Calls, handle: libvirt.virDomain, tree: model.Tree, replace: b
     for moment in tree.topological():
         if moment.name not in present:
             plan.define.append(moment.name)
-        elif _fetch(calls, present[moment.name], tree.kind, host, tree.domain).same_content(moment):
+        elif mapping.same_content(_fetch(calls, present[moment.name], tree.kind, host, tree.domain), moment):
             plan.skip.append(moment.name)
         else:
             plan.replace.append(moment.name)

@@ -74,7 +74,8 @@ class Code(typing.NamedTuple):
 
 CODES: dict[str, Code] = {c.code: c for c in [
     Code(UNREADABLE, ERROR),  # file cannot be read
-    Code(UNPARSABLE, ERROR),  # file is not well-formed XML (libvirt skips it)
+    # file snapstore cannot parse (not well-formed: libvirt skips it; or a DOCTYPE, entities, too deep)
+    Code(UNPARSABLE, ERROR),
     Code(WRONG_ROOT, ERROR),  # file has the wrong root element (libvirt skips it)
     Code(OVER_LIBVIRT_LIMIT, ERROR),  # file is over libvirt's 1 MiB limit (libvirt skips it)
     Code(OVER_RPC_LIMIT, ERROR),  # file is over 4 MiB and cannot cross libvirt's RPC

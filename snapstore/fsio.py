@@ -37,13 +37,20 @@ def reason(error: OSError) -> str:
 
 
 @contextlib.contextmanager
-def opened_dir(path: Path, missing_ok: bool = False) -> Iterator[int | None]:
-    """An fd on a folder that is not a symlink; None if absent and ``missing_ok``."""
+def opened_dir(path: Path) -> Iterator[int]:
+    """An fd on a folder that is not a symlink; EnvironmentProblem otherwise."""
+    with opened_dir_if_present(path) as fd:
+        if fd is None:
+            raise errors.EnvironmentProblem(path=path, reason="no such folder")
+        yield fd
+
+
+@contextlib.contextmanager
+def opened_dir_if_present(path: Path) -> Iterator[int | None]:
+    """opened_dir, or None when there is no such folder."""
     try:
         fd = os.open(path, _DIR_FLAGS)
     except FileNotFoundError:
-        if not missing_ok:
-            raise errors.EnvironmentProblem(path=path, reason="no such folder") from None
         yield None
         return
     except OSError as e:
@@ -92,7 +99,8 @@ def read_identified(dir_fd: int, name: str, limit: int, display: Path | str) -> 
         except OSError as e:
             raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}", code=codes.UNREADABLE) from e
     if len(data) > limit:
-        raise errors.FormatError(path=display, reason=f"grew over the {limit}-byte limit while being read", code=codes.OVER_LIBVIRT_LIMIT)
+        raise errors.FormatError(path=display, reason=f"grew over the {limit}-byte limit while being read",
+                                 code=codes.OVER_LIBVIRT_LIMIT)
     return data, identity(info)
 
 
@@ -130,7 +138,8 @@ def _opened_regular(dir_fd: int, name: str, limit: int, display: Path | str) -> 
         except OSError as e:
             raise errors.FormatError(path=display, reason=f"cannot be read: {reason(e)}", code=codes.UNREADABLE) from e
         if not stat.S_ISREG(info.st_mode):
-            raise errors.FormatError(path=display, reason=f"is a {_type_name(info.st_mode)}, not a regular file", code=codes.NOT_REGULAR)
+            raise errors.FormatError(path=display, reason=f"is a {_type_name(info.st_mode)}, not a regular file",
+                                     code=codes.NOT_REGULAR)
         if info.st_size > limit:
             raise errors.FormatError(path=display, reason=f"is {info.st_size} bytes, over the {limit}-byte limit",
                                      code=codes.OVER_LIBVIRT_LIMIT)
@@ -145,7 +154,8 @@ def _open_error(dir_fd: int, name: str, display: Path | str, error: OSError) -> 
     if error.errno == errno.ENXIO:  # a socket cannot even be opened
         try:
             if stat.S_ISSOCK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                return errors.FormatError(path=display, reason="is a socket, not a regular file", code=codes.NOT_REGULAR)
+                return errors.FormatError(path=display, reason="is a socket, not a regular file",
+                                          code=codes.NOT_REGULAR)
         except OSError:
             pass
     return errors.FormatError(path=display, reason=f"cannot be opened: {reason(error)}", code=codes.UNREADABLE)

@@ -58,7 +58,7 @@ def read(index_path: Path, of: Identity, domain: str) -> Entry | None:
     """The index when it describes exactly file ``of``; None when it is
     missing, stale or not an index. An I/O error reading it raises (the
     caller says so and rebuilds)."""
-    with fsio.opened_dir(index_path.parent, missing_ok=True) as dir_fd:
+    with fsio.opened_dir_if_present(index_path.parent) as dir_fd:
         if dir_fd is None:
             return None
         try:

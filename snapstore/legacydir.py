@@ -8,6 +8,7 @@ renameat2(RENAME_EXCHANGE), as Radicale swaps collections.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import stat
 from collections.abc import Callable
@@ -35,14 +36,15 @@ class LegacyFolder:
     read_as: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # file -> identity when read
     sources: dict[str, list[int]] | None = None  # set by read_settled: every entry's identity after the read
 
+    @functools.cached_property
+    def _tree(self) -> model.Tree:
+        actives = [e.moment.name for e in self.entries.values() if e.active]
+        current = actives[0] if len(actives) == 1 else None
+        return model.Tree(self.kind, self.domain, [e.moment for e in self.entries.values()], current)
+
     def tree(self) -> model.Tree:
         """The folder's tree (built once: the folder is read once and not changed)."""
-        if "_tree" not in self.__dict__:
-            actives = [e.moment.name for e in self.entries.values() if e.active]
-            current = actives[0] if len(actives) == 1 else None
-            self.__dict__["_tree"] = model.Tree(self.kind, self.domain, [e.moment for e in self.entries.values()],
-                                                current)
-        return self.__dict__["_tree"]
+        return self._tree
 
     def problems(self) -> list[codes.Problem]:
         """Every reason this folder cannot be consolidated as it is."""
@@ -87,7 +89,7 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
     """
     path = domain_folder(root, domain)
     folder = LegacyFolder(kind, domain, path)
-    with fsio.opened_dir(path, missing_ok=True) as dir_fd:
+    with fsio.opened_dir_if_present(path) as dir_fd:
         if dir_fd is None:
             raise errors.UnknownDomain(domain=domain, reason=f"no folder {path}")
         info = os.fstat(dir_fd)
@@ -143,10 +145,10 @@ def _changed_since_read(folder: LegacyFolder, after: Sources | None) -> set[str]
 def sources(root: Path, domain: str) -> Sources | None:
     """The identity (fsio.identity) of every entry of a domain folder, None
     when there is no folder."""
-    with fsio.opened_dir(domain_folder(root, domain), missing_ok=True) as dir_fd:
+    with fsio.opened_dir_if_present(domain_folder(root, domain)) as dir_fd:
         if dir_fd is None:
             return None
-        found = {}
+        found: Sources = {}
         for name in os.listdir(dir_fd):
             try:
                 info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -165,11 +167,13 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
         folder.libvirt_temps.append(name)
         return
     if not name.endswith(".xml"):
-        folder.notes.append(codes.Problem(codes.FOREIGN_FILE, "not a .xml file, ignored (libvirtd still parses it at start)",
+        folder.notes.append(codes.Problem(codes.FOREIGN_FILE,
+                                          "not a .xml file, ignored (libvirtd still parses it at start)",
                                           path=display))
         return
     if name.startswith("."):
-        folder.failures.append(errors.FormatError(path=display, reason="file name starts with '.'; qemu cannot hold such a name",
+        folder.failures.append(errors.FormatError(path=display,
+                                                  reason="file name starts with '.'; qemu cannot hold such a name",
                                                   code=codes.UNSTORABLE_NAME))
         return
     try:
@@ -253,7 +257,7 @@ def _write_folder_swept(root: Path, path: Path, tree: model.Tree, files: dict[st
 
 def _existing_files(path: Path, limit: int) -> dict[str, bytes] | None:
     """Raw content of every entry of the current folder, or None if absent."""
-    with fsio.opened_dir(path, missing_ok=True) as dir_fd:
+    with fsio.opened_dir_if_present(path) as dir_fd:
         if dir_fd is None:
             return None
         return {name: _raw(dir_fd, name, path, limit) for name in os.listdir(dir_fd)}

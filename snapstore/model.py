@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # annotations only: listing needs the model without lxml
-    from lxml import etree
 
 from snapstore import codes, kinds
 
@@ -23,8 +19,9 @@ class Moment:
     tree needs, read once.
 
     Bytes, not an lxml tree: a parsed snapshot takes about fifteen times its
-    size in memory, and a commit writes the bytes as they are.  ``element``
-    parses them again for the few jobs that need the tree.
+    size in memory, and a commit writes the bytes as they are.
+    ``formats.mapping.element`` parses them again for the few jobs that need
+    the tree: the model knows no XML.
     """
 
     name: str
@@ -34,39 +31,6 @@ class Moment:
     state: str | None = None
     uuids: tuple[str, ...] = ()  # embedded domain uuids, lower case
     source: str = ""  # where it was read from, for messages
-
-    @classmethod
-    def from_element(cls, element: etree._Element, source: str = "") -> "Moment":
-        xmlsafe = _xmlsafe()
-        found = (xmlsafe.string(element, path) for path in ("domain/uuid", "inactiveDomain/uuid"))
-        return cls(  # read as libvirt reads them (string() of the first match)
-            name=xmlsafe.string(element, "name") or "",
-            parent=xmlsafe.string(element, "parent/name"),
-            creation_time=_int_or_none(xmlsafe.string(element, "creationTime")),
-            body=xmlsafe.serialize(element),
-            state=xmlsafe.string(element, "state"),
-            uuids=tuple(uuid.strip().lower() for uuid in found if uuid is not None),
-            source=source,
-        )
-
-    @property
-    def element(self) -> etree._Element:
-        """A fresh parse of the bytes: changing it changes nothing here."""
-        return _xmlsafe().reparse(self.body)
-
-    def same_content(self, other: "Moment") -> bool:
-        """C14N equality, with the byte comparison first (both are serialized
-        the same way, so equal content almost always gives equal bytes)."""
-        if self.body == other.body:
-            return True
-        xmlsafe = _xmlsafe()
-        return xmlsafe.canonical(self.element) == xmlsafe.canonical(other.element)
-
-
-def _xmlsafe():  # type: ignore[no-untyped-def]
-    # Imported on use: `list` needs the model without lxml.
-    from snapstore.formats import xmlsafe
-    return xmlsafe
 
 
 class Tree:
@@ -141,18 +105,20 @@ class Tree:
         seen: set[str] = set()
         for moment in self.moments:
             if not moment.name:
-                yield codes.Problem(codes.EMPTY_NAME, f"{self.kind.name} in {moment.source or '?'} has no name", None)
+                yield codes.Problem(codes.EMPTY_NAME, f"{self.kind.name} in {moment.source or '?'} has no name")
             elif moment.name in seen:
-                yield codes.Problem(codes.DUPLICATE, f"{self.kind.name} {moment.name!r} is defined more than once", moment.name)
+                yield codes.Problem(codes.DUPLICATE, f"{self.kind.name} {moment.name!r} is defined more than once",
+                                    moment.name)
             elif self.kind.name_pattern and not self.kind.name_pattern.fullmatch(moment.name):
-                yield codes.Problem(codes.NAME_PATTERN, f"{self.kind.name} name {moment.name!r} is outside libvirt's pattern "
-                              f"{self.kind.name_pattern.pattern}", moment.name)
+                yield codes.Problem(codes.NAME_PATTERN, f"{self.kind.name} name {moment.name!r} is outside "
+                                    f"libvirt's pattern {self.kind.name_pattern.pattern}", moment.name)
             seen.add(moment.name)
 
     def _parent_problems(self) -> Iterator[codes.Problem]:
         for moment in self.moments:
             if moment.parent is not None and moment.parent not in self.by_name:
-                yield codes.Problem(codes.MISSING_PARENT, f"{self.kind.name} {moment.name!r}: parent {moment.parent!r} does not exist", moment.name)
+                yield codes.Problem(codes.MISSING_PARENT, f"{self.kind.name} {moment.name!r}: parent "
+                                    f"{moment.parent!r} does not exist", moment.name)
 
     def _cycle_problems(self) -> Iterator[codes.Problem]:
         if len(self.by_name) != len(self.moments):
@@ -160,18 +126,21 @@ class Tree:
         reached = {m.name for m in self.topological()}
         for moment in self.moments:
             if moment.name not in reached:
-                yield codes.Problem(codes.CYCLE, f"{self.kind.name} {moment.name!r} is its own ancestor (parent cycle)", moment.name)
+                yield codes.Problem(codes.CYCLE, f"{self.kind.name} {moment.name!r} is its own ancestor "
+                                    "(parent cycle)", moment.name)
 
     def _current_problems(self) -> Iterator[codes.Problem]:
         if self.current is not None and self.current not in self.by_name:
-            yield codes.Problem(codes.CURRENT_MISSING, f"current {self.kind.name} {self.current!r} does not exist", self.current)
+            yield codes.Problem(codes.CURRENT_MISSING, f"current {self.kind.name} {self.current!r} does not exist",
+                                self.current)
 
     def _uuid_problems(self, expected: str | None) -> Iterator[codes.Problem]:
         for moment in self.moments:
             for uuid in moment.uuids:
                 expected = expected or uuid
                 if uuid != expected:
-                    yield codes.Problem(codes.UUID_MISMATCH, f"{self.kind.name} {moment.name!r}: domain uuid {uuid} differs from {expected}", moment.name)
+                    yield codes.Problem(codes.UUID_MISMATCH, f"{self.kind.name} {moment.name!r}: domain uuid "
+                                        f"{uuid} differs from {expected}", moment.name)
 
     def _computed_current(self) -> str | None:
         """libvirt's rule for checkpoints: the single leaf of one linear chain."""
@@ -184,10 +153,3 @@ class Tree:
 
 def _sibling_key(moment: Moment) -> tuple[bool, int, str]:
     return (moment.creation_time is None, moment.creation_time or 0, moment.name)
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None

@@ -30,7 +30,7 @@ class Consolidated(typing.NamedTuple):
 
     kind: kinds.Kind
     domain: str
-    count: int
+    total: int  # moments committed (or found unchanged)
     current: str | None
     changed: bool
 

@@ -71,10 +71,14 @@ class Store:
         folders that had to be created."""
         created = self._make_layout()
         if sweep:
-            for name in (*(kind.plural for kind in kinds.ALL), "attic", "index"):
-                for left in fsio.sweep_temps(self.root / name).left:
+            for folder in self.temp_folders():
+                for left in fsio.sweep_temps(folder).left:
                     self.warn(left)
         return created
+
+    def temp_folders(self) -> list[Path]:
+        """The subfolders where a commit puts its temps."""
+        return [self.root / name for name in (*(kind.plural for kind in kinds.ALL), "attic", "index")]
 
     def _make_layout(self) -> list[Path]:
         # The root may be a symlink (systemd's DynamicUser= makes
@@ -88,7 +92,7 @@ class Store:
         return created
 
     def domains(self, kind: kinds.Kind) -> list[str]:
-        with fsio.opened_dir(self.root / kind.plural, missing_ok=True) as dir_fd:
+        with fsio.opened_dir_if_present(self.root / kind.plural) as dir_fd:
             if dir_fd is None:
                 return []
             names = [entry.name[:-4] for entry in os.scandir(dir_fd)
@@ -217,7 +221,7 @@ class Store:
 
     def _identity(self, path: Path) -> index.Identity | None:
         """The store file's identity, None when absent; the folder must be usable."""
-        with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
+        with fsio.opened_dir_if_present(path.parent) as dir_fd:
             if dir_fd is None:
                 return None
             try:
@@ -225,7 +229,8 @@ class Store:
             except FileNotFoundError:
                 return None
             except OSError as e:
-                raise errors.FormatError(path=path, reason=f"cannot be read: {fsio.reason(e)}", code=codes.UNREADABLE) from e
+                raise errors.FormatError(path=path, reason=f"cannot be read: {fsio.reason(e)}",
+                                         code=codes.UNREADABLE) from e
 
     def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
         of = self._identity(self.path(tree.kind, tree.domain))
@@ -312,7 +317,7 @@ class Store:
 def _unless_missing(path: Path, action: Callable[[int], T]) -> T | None:
     """``action`` on the folder of ``path``; None when the folder or the file is missing."""
     try:
-        with fsio.opened_dir(path.parent, missing_ok=True) as dir_fd:
+        with fsio.opened_dir_if_present(path.parent) as dir_fd:
             return None if dir_fd is None else action(dir_fd)
     except errors.FormatError as e:
         if isinstance(e.__cause__, FileNotFoundError):

@@ -76,7 +76,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -219,7 +219,7 @@ class Summary:
     current: str | None
 
     @classmethod
-    def of(cls, parents: dict[str, str | None], current: str | None) -> "Summary":
+    def of(cls, parents: dict[str, str | None], current: str | None) -> Summary:
         return cls(tuple(sorted(parents.items())), current)
 
 

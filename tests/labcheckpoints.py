@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:  # the worker side imports libvirt; the pytest side needs only the wrappers
     import libvirt
@@ -24,35 +25,35 @@ from lxml.builder import E
 Op = dict[str, Any]
 
 
-def op_start(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_start(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     dom = conn.lookupByName(op["domain"])
     if not dom.isActive():
         dom.create()
 
 
-def op_destroy(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_destroy(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     dom = conn.lookupByName(op["domain"])
     if dom.isActive():
         dom.destroy()
 
 
-def op_checkpoint(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_checkpoint(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     definition = E.domaincheckpoint(E.name(op["name"]))
     if op.get("description") is not None:
         definition.append(E.description(op["description"]))
     conn.lookupByName(op["domain"]).checkpointCreateXML(etree.tostring(definition, encoding="unicode"), 0)
 
 
-def op_checkpoint_delete(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_checkpoint_delete(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     flags = libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY if op.get("metadata_only") else 0
     conn.lookupByName(op["domain"]).checkpointLookupByName(op["name"]).delete(flags)
 
 
-def op_checkpoint_redefine(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_checkpoint_redefine(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     conn.lookupByName(op["domain"]).checkpointCreateXML(op["xml"], libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
 
 
-def op_checkpoint_view(conn: "libvirt.virConnect", root: Path, op: Op) -> dict[str, Any]:
+def op_checkpoint_view(conn: libvirt.virConnect, root: Path, op: Op) -> dict[str, Any]:
     dom = conn.lookupByName(op["domain"])
     found = dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
     xml = {c.getName(): c.getXMLDesc(libvirt.VIR_DOMAIN_CHECKPOINT_XML_SECURE) for c in found}
@@ -62,11 +63,11 @@ def op_checkpoint_view(conn: "libvirt.virConnect", root: Path, op: Op) -> dict[s
             "leaves": leaves, "xml": xml}
 
 
-def op_sleep(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_sleep(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     time.sleep(op["seconds"])
 
 
-def op_checkpoint_variant(conn: "libvirt.virConnect", root: Path, op: Op) -> None:
+def op_checkpoint_variant(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     """REDEFINE a variant of checkpoint ``source`` (libvirt's own SECURE XML of it):
     another "name", "parent" (None: a root), domain "uuid", or "no_domain" (drop
     <domain>); "delete_first" removes the target's metadata first (metadata only)."""
@@ -95,7 +96,7 @@ def _set_parent(element: etree._Element, parent: str | None) -> None:
         element.find("name").addnext(E.parent(E.name(parent)))
 
 
-def op_attempt(conn: "libvirt.virConnect", root: Path, op: Op) -> dict[str, Any]:
+def op_attempt(conn: libvirt.virConnect, root: Path, op: Op) -> dict[str, Any]:
     """Run op["try"] (a checkpoint op) and answer libvirt's error instead of ending the batch."""
     inner = op["try"]
     try:

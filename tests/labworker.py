@@ -20,14 +20,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import labcheckpoints  # the script's own folder is on sys.path
 import libvirt
 from lxml import etree
 from lxml.builder import E
-
-import labcheckpoints  # the script's own folder is on sys.path
 
 QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\n'
 EXIT_LIBVIRT_ERROR = 3

@@ -46,6 +46,7 @@ from lxml import etree
 
 from snapstore import codes, kinds, model
 from snapstore.check import findings
+from snapstore.formats import mapping
 
 _TIMEOUT = 60
 _SOURCE_ATTRIBUTE = {"file": "file", "block": "dev"}  # local disk type -> the <source> attribute naming it
@@ -82,7 +83,7 @@ def _expected_by_image(tree: model.Tree) -> dict[str, set[str]]:
         # a moment without this text needs no parse.
         if b'type="qcow2"' not in moment.body:
             continue
-        for image in internal_images(moment.element):
+        for image in internal_images(mapping.element(moment)):
             expected[image].add(moment.name)
     return expected
 

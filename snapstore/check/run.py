@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from snapstore import codes, config, errors, fsio, kinds, legacydir, store
 from snapstore.check import findings, repair, scan
@@ -11,19 +10,20 @@ from snapstore.check import findings, repair, scan
 def check(settings: config.Config, state: store.Store, options: scan.Options, domains: list[str],
           repair_it: bool = False, dry_run: bool = False) -> findings.Report:
     report = findings.Report()
-    scans = _scan_all(report, settings, state, options, domains)
+    scans = scan_all(report, settings, state, options, domains)
     if not repair_it:
         return report
-    repair.Repairer(report, state, dry_run).repair(list(report.findings), scans)
+    repair.Repairer(report, state, settings, dry_run).repair(list(report.findings), scans)
     if dry_run:
         return report
     after = findings.Report(repairs=report.repairs, notes=report.notes)
-    _scan_all(after, settings, state, options, domains)
+    scan_all(after, settings, state, options, domains)
     return after
 
 
-def _scan_all(report: findings.Report, settings: config.Config, state: store.Store, options: scan.Options,
-              domains: list[str]) -> list[scan.Scan]:
+def scan_all(report: findings.Report, settings: config.Config, state: store.Store, options: scan.Options,
+             domains: list[str]) -> list[scan.Scan]:
+    """Every finding into ``report``; the scans are what a repair acts on."""
     _leftovers(report, settings, state)
     return [scan.DomainCheck(report, settings, state, options, kind, domain).run()
             for kind, domain in _keys(settings, state, domains)]
@@ -40,26 +40,22 @@ def _keys(settings: config.Config, state: store.Store, domains: list[str]) -> li
 
 
 def _known(settings: config.Config, state: store.Store, kind: kinds.Kind) -> set[str]:
-    root = _root(settings, kind)
+    root = settings.root(kind)
     names = set(state.domains(kind))
     if root.is_dir():
         names.update(legacydir.domains(root))
         names.update(entry.name for entry in os.scandir(root)
-                     if entry.is_symlink() and not entry.name.startswith(fsio.TEMP_PREFIX))
+                     if entry.is_symlink() and not fsio.is_temp(entry.name, foreign=True))
     return names
 
 
-def _root(settings: config.Config, kind: kinds.Kind) -> Path:
-    return settings.checkpoint_dir if kind is kinds.CHECKPOINT else settings.libvirt_dir
-
-
 def _leftovers(report: findings.Report, settings: config.Config, state: store.Store) -> None:
-    folders = [state.root / kind.plural for kind in kinds.ALL] + [state.root / "attic"]
-    folders += [_root(settings, kind) for kind in kinds.ALL]
-    for folder in folders:
+    folders = [(folder, False) for folder in state.temp_folders()]
+    folders += [(settings.root(kind), True) for kind in kinds.ALL]
+    for folder, foreign in folders:
         if not folder.is_dir():
             continue
         for name in sorted(os.listdir(folder)):
-            if fsio.is_stale_temp(name):
+            if fsio.is_stale_temp(name, foreign):
                 report.add(codes.SNAPSTORE_TEMP, "left by a snapstore process that died mid-write",
                            path=folder / name, hint="snapstore check --repair removes it")

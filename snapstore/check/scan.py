@@ -5,17 +5,21 @@ nothing here writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
-from snapstore import codes, config, errors, fsio, kinds, legacydir, model, naming, store
+from snapstore import codes, config, errors, fsio, kinds, legacydir, limits, model, naming, store
 from snapstore.check import disks, findings, schema
-from snapstore.formats import consolidated, xmlsafe
+from snapstore.formats import consolidated, legacy, mapping, xmlsafe
 
-RPC_LIMIT = 4 * 1024 * 1024  # libvirt's per-string RPC cap: one moment's XML
 _DEFINITION_LIMIT = 16 * 1024 * 1024
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINE = re.compile(r"^line \d+: ")
 
 
 @dataclasses.dataclass
@@ -23,6 +27,48 @@ class Options:
     disks: bool = True
     schema_dir: Path = schema.SCHEMA_DIR
     definitions: Path | None = Path("/etc/libvirt/qemu")  # <domain>.xml, for the uuid check
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """A file as the scan saw it: its folder (one name under a root) and the
+    (device, inode) of both, so that whatever acts on it later reaches that
+    very file through that very folder, or nothing (the folder may have been
+    swapped for a symlink since)."""
+
+    root: Path
+    folder: str
+    folder_id: tuple[int, int]
+    name: str
+    file_id: tuple[int, int] | None  # None: listed but never identified
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.folder / self.name
+
+    def changed(self) -> errors.EnvironmentProblem:
+        return errors.EnvironmentProblem(path=self.path, reason="changed since the scan")
+
+    @contextlib.contextmanager
+    def opened_folder(self) -> Iterator[int]:
+        """The folder's descriptor (O_NOFOLLOW under the root), if it is still the one scanned."""
+        try:
+            fd = os.open(self.root / self.folder, _FOLDER_FLAGS)
+        except OSError as e:  # gone, or swapped for a symlink (ELOOP) or a file
+            raise self.changed() from e
+        try:
+            if _pair(os.fstat(fd)) != self.folder_id:
+                raise self.changed()
+            yield fd
+        finally:
+            os.close(fd)
+
+    def read(self, folder_fd: int, limit: int) -> bytes:
+        """The file's bytes, read through ``folder_fd``, if it is still the one scanned."""
+        data, identity = fsio.read_identified(folder_fd, self.name, limit, self.path)
+        if (identity[0], identity[1]) != self.file_id:
+            raise self.changed()
+        return data
 
 
 @dataclasses.dataclass
@@ -34,6 +80,15 @@ class Scan:
     folder: legacydir.LegacyFolder | None = None
     stored: model.Tree | None = None
     store_unreadable: bool = False
+    store_seen: Seen | None = None
+
+    def seen(self, path: str | None) -> Seen | None:
+        """How the scan saw ``path``: a file of libvirt's folder or the store file."""
+        if self.store_seen is not None and path == str(self.store_seen.path):
+            return self.store_seen
+        if self.folder is None or path is None or Path(path).parent != self.folder.path:
+            return None
+        return _folder_seen(self.folder, Path(path).name)
 
 
 class DomainCheck:
@@ -45,16 +100,24 @@ class DomainCheck:
 
     def run(self) -> Scan:
         scan = Scan(self.kind, self.domain, self._folder())
-        scan.stored, scan.store_unreadable = self._stored()
+        self._stored(scan)
         self._compare(scan)
+        self._count(scan)
         tree = scan.folder.tree() if scan.folder is not None else scan.stored
         if tree is not None and tree.moments:
-            self.report.domains.add(self.domain)
-            self.report.counts[self.kind.plural] += len(tree)
             self._definition(tree)
             if self.options.disks and self.kind is kinds.SNAPSHOT:
                 disks.check_images(self.report, self.domain, tree)
         return scan
+
+    def _count(self, scan: Scan) -> None:
+        """A domain counts when it has moment files or a store file; its moments
+        are the folder's moment files, parsed or not (one snapstore refuses may
+        still be a snapshot libvirt holds), else the store's."""
+        files = _moment_files(scan.folder) if scan.folder is not None else 0
+        if files or scan.stored is not None or scan.store_unreadable:
+            self.report.domains.add(self.domain)
+            self.report.counts[self.kind.plural] += files or (len(scan.stored) if scan.stored is not None else 0)
 
     def add(self, code: str, message: str, moment: str | None = None, path: Path | str | None = None,
             hint: str | None = None) -> None:
@@ -63,7 +126,7 @@ class DomainCheck:
     # --- libvirt's folder ---------------------------------------------------------------
 
     def _folder(self) -> legacydir.LegacyFolder | None:
-        root = self.settings.checkpoint_dir if self.kind is kinds.CHECKPOINT else self.settings.libvirt_dir
+        root = self.settings.root(self.kind)
         path = root / self.domain
         if path.is_symlink():
             self.add(codes.SYMLINK, "domain folder is a symlink, not followed", path=path,
@@ -85,14 +148,28 @@ class DomainCheck:
     def _file_findings(self, folder: legacydir.LegacyFolder) -> None:
         for failure in folder.failures:
             code = failure.code
-            if code == codes.OVER_LIBVIRT_LIMIT and _size(failure.path) > RPC_LIMIT:
+            if code == codes.OVER_LIBVIRT_LIMIT and _size(failure.path) > limits.RPC_STRING:
                 code = codes.OVER_RPC_LIMIT
-            self.add(code, failure.reason, path=failure.path, hint=_FILE_HINTS.get(code))
+            if code == codes.UNPARSABLE and self._libvirt_loads(folder, Path(failure.path).name):
+                self.add(code, f"{failure.reason}; libvirt loads it, but snapstore cannot consolidate the domain "
+                         "while it is there", path=failure.path, hint=_LOADED_HINT)
+            else:
+                self.add(code, failure.reason, path=failure.path, hint=_FILE_HINTS.get(code))
         for note in folder.notes:
-            self.add(note.code, note.text, path=note.path, hint=_FILE_HINTS.get(note.code))
-        for name in sorted(os.listdir(folder.path)):
+            self.add(note.code, note.message, path=note.path, hint=_FILE_HINTS.get(note.code))
+        for name in folder.listed:
             self._mode_finding(folder.path / name)
         self._name_findings([e.moment for e in folder.entries.values()])
+
+    def _libvirt_loads(self, folder: legacydir.LegacyFolder, name: str) -> bool:
+        """Whether libvirt loads a file snapstore's parser refused (a DOCTYPE,
+        an entity reference): read again as the scan saw it."""
+        seen = _folder_seen(folder, name)
+        try:
+            with seen.opened_folder() as folder_fd:
+                return libvirt_loads(seen.read(folder_fd, self.settings.max_legacy_bytes), self.kind)
+        except errors.SnapstoreError:  # changed since: say what the read found
+            return False
 
     def _name_findings(self, moments: list[model.Moment], path: str | None = None) -> None:
         for moment in moments:
@@ -132,30 +209,63 @@ class DomainCheck:
             self.report.note(f"libvirt's schemas are not installed in {self.options.schema_dir}; "
                              "schema validation skipped")
             return
-        for entry in folder.entries.values():
-            problem = validator.problem(entry.moment.element)
+        for name, entry in folder.entries.items():
+            problem = validator.problem(mapping.element(entry.moment))
             if problem:
-                self.add(codes.SCHEMA_INVALID, problem, entry.moment.name, entry.moment.source)
+                self.add(codes.SCHEMA_INVALID, self._file_problem(validator, folder, name) or _LINE.sub("", problem),
+                         entry.moment.name, entry.moment.source)
+
+    def _file_problem(self, validator: schema.Validator, folder: legacydir.LegacyFolder, name: str) -> str | None:
+        """The schema problem at a line of the file itself (the validator saw the
+        moment without libvirt's header comment, so its lines count from
+        elsewhere): rare, so the file is read and validated again, in full.
+        None when the file changed since: no line rather than a wrong one."""
+        seen = _folder_seen(folder, name)
+        limit = self.settings.max_legacy_bytes
+        try:
+            with seen.opened_folder() as folder_fd:
+                root = xmlsafe.parse_bytes(seen.read(folder_fd, limit), str(seen.path), limit)
+            if self.kind.stores_current:
+                legacy.pop_active(root, str(seen.path))  # libvirt's internal marker is not in the schema
+        except errors.SnapstoreError:
+            return None
+        return validator.full_problem(root)
 
     # --- the store ---------------------------------------------------------------------
 
-    def _stored(self) -> tuple[model.Tree | None, bool]:
-        """The store's tree, and whether a store file exists but cannot be read."""
+    def _stored(self, scan: Scan) -> None:
+        """The store's tree into ``scan``, or whether a store file exists but cannot be read."""
         path = self.store.path(self.kind, self.domain)
         try:
-            data = self.store.read_bytes(self.kind, self.domain)
+            data = self._read_store(scan, path)
             if data is None:
-                return None, False
+                return
             tree = consolidated.parse_consolidated(data, self.kind, str(path), self.settings.max_store_bytes)
         except errors.FormatError as e:
             self.add(e.code, e.reason, path=path, hint=f"snapstore consolidate {self.domain}{self.flag}")
-            return None, True
+            scan.store_unreadable = True
+            return
         self._mode_finding(path)
         if tree.domain != self.domain:
             self.add(codes.WRONG_ROOT, f"holds domain {tree.domain!r}", path=path)
         self._tree_findings(tree, {m.name: str(path) for m in tree.moments})
         self._name_findings(tree.moments, str(path))
-        return tree, False
+        scan.stored = tree
+
+    def _read_store(self, scan: Scan, path: Path) -> bytes | None:
+        """The store file's bytes (None when absent); ``scan.store_seen`` says which file."""
+        with fsio.opened_dir_if_present(path.parent) as folder_fd:
+            if folder_fd is None:
+                return None
+            try:
+                data, identity = fsio.read_identified(folder_fd, path.name, self.store.read_limit, path)
+            except errors.FormatError as e:
+                if isinstance(e.__cause__, FileNotFoundError):
+                    return None
+                raise
+            scan.store_seen = Seen(self.store.root, path.parent.name, _pair(os.fstat(folder_fd)), path.name,
+                                   (identity[0], identity[1]))
+        return data
 
     # --- store vs folder ---------------------------------------------------------------
 
@@ -170,11 +280,11 @@ class DomainCheck:
             self.add(codes.FOLDER_MISSING, f"libvirt's folder lacks all {len(in_store)} {self.kind.plural} "
                      "the store holds (lost metadata?)", path=self.store.path(self.kind, self.domain),
                      hint=f"snapstore expand {self.domain}{self.flag} (libvirtd stopped), or snapstore restore")
-        elif in_folder and in_store:
-            self._compare_moments(in_folder, in_store, scan)
+        elif scan.folder is not None and scan.stored is not None and in_folder and in_store:
+            self._compare_moments(in_folder, in_store, scan.folder, scan.stored)
 
     def _compare_moments(self, in_folder: dict[str, model.Moment], in_store: dict[str, model.Moment],
-                         scan: Scan) -> None:
+                         folder: legacydir.LegacyFolder, stored: model.Tree) -> None:
         hint = f"snapstore consolidate {self.domain}{self.flag} (libvirt's folder wins), or --repair"
         for name in sorted(set(in_folder) - set(in_store)):
             self.add(codes.ONLY_IN_FOLDER, f"{self.kind.name} {name!r} is not in the store", name,
@@ -183,14 +293,14 @@ class DomainCheck:
             self.add(codes.ONLY_IN_STORE, f"{self.kind.name} {name!r} is not in libvirt's folder", name,
                      self.store.path(self.kind, self.domain), hint)
         for name in sorted(set(in_folder) & set(in_store)):
-            if not in_folder[name].same_content(in_store[name]):
+            if not mapping.same_content(in_folder[name], in_store[name]):
                 self.add(codes.CONTENT_DIFFERS, f"{self.kind.name} {name!r} differs between store and folder",
                          name, in_folder[name].source, hint)
-        folder_current, store_current = scan.folder.tree().current, scan.stored.current
-        several = sum(1 for e in scan.folder.entries.values() if e.active) > 1  # reported as SS207
+        folder_current, store_current = folder.tree().current, stored.current
+        several = sum(1 for e in folder.entries.values() if e.active) > 1  # reported as SS207
         if folder_current != store_current and not several:
             self.add(codes.CURRENT_DIFFERS, f"current is {folder_current!r} in libvirt's folder, "
-                     f"{store_current!r} in the store", path=scan.folder.path, hint=hint)
+                     f"{store_current!r} in the store", path=folder.path, hint=hint)
 
     # --- the domain definition ---------------------------------------------------------
 
@@ -208,10 +318,10 @@ class DomainCheck:
 
 
 def _definition_uuid(folder: Path | None, domain: str) -> str | None:
-    if folder is None or naming.file_name_problem(domain):
+    if folder is None or naming.domain_problem(domain):
         return None
     try:
-        with fsio.opened_dir(folder, missing_ok=True) as dir_fd:
+        with fsio.opened_dir_if_present(folder) as dir_fd:
             if dir_fd is None:
                 return None
             data = fsio.read_regular(dir_fd, f"{domain}.xml", _DEFINITION_LIMIT, folder / f"{domain}.xml")
@@ -221,6 +331,31 @@ def _definition_uuid(folder: Path | None, domain: str) -> str | None:
     return uuid.strip().lower() if uuid else None
 
 
+def libvirt_loads(data: bytes, kind: kinds.Kind) -> bool:
+    """Whether libvirt would load this file as a ``kind``: within its 1 MiB
+    cap, well-formed for libxml2 as libvirt calls it (without
+    XML_PARSE_NOENT, so a DOCTYPE and entity references are fine), and the
+    kind's root."""
+    if len(data) > limits.LIBVIRT_FILE:
+        return False
+    return xmlsafe.libvirt_root_tag(data) == kind.root_tag
+
+
+def _folder_seen(folder: legacydir.LegacyFolder, name: str) -> Seen:
+    identity = (folder.sources or {}).get(name) or folder.read_as.get(name)
+    return Seen(folder.path.parent, folder.path.name, folder.identity, name,
+                (identity[0], identity[1]) if identity else None)
+
+
+def _moment_files(folder: legacydir.LegacyFolder) -> int:
+    """Its *.xml files, parsed or not; FIFOs, sockets and folders are not files."""
+    return len(folder.entries) + sum(1 for failure in folder.failures if failure.code != codes.NOT_REGULAR)
+
+
+def _pair(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
 def _size(path: Path | str) -> int:
     try:
         return Path(path).lstat().st_size
@@ -228,6 +363,8 @@ def _size(path: Path | str) -> int:
         return 0
 
 
+_LOADED_HINT = ("rewrite it without the DOCTYPE and entity references while libvirtd is stopped; "
+                "check --repair leaves it, as libvirt loads it")
 _FILE_HINTS = {
     codes.UNPARSABLE: "snapstore check --repair moves it to the attic",
     codes.WRONG_ROOT: "snapstore check --repair moves it to the attic",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from lxml import etree
 
-from snapstore import kinds
+from snapstore import kinds, limits
 
-SCHEMA_DIR = Path("/usr/share/libvirt/schemas")  # cli/check.py names it too, to stay light
+SCHEMA_DIR = limits.SCHEMA_DIR
 _FILES = {kinds.SNAPSHOT.name: "domainsnapshot.rng", kinds.CHECKPOINT.name: "domaincheckpoint.rng"}
 _EMBEDDED = ("domain", "inactiveDomain")
 _STUB = "<{tag} type='qemu'><name>stub</name><memory>1</memory><os><type>hvm</type></os></{tag}>"
@@ -28,13 +28,17 @@ class Validator:
     def problem(self, element: etree._Element) -> str | None:
         """Why ``element`` does not validate (first error, one line), or None."""
         embedded = [child for child in element if child.tag in _EMBEDDED]
-        keys = [child.tag.encode() + etree.tostring(child) for child in embedded]
+        keys = [str(child.tag).encode() + etree.tostring(child) for child in embedded]
         if all(key in self.valid_definitions for key in keys):
             return self._with_stubs(element, embedded)
         found = self._validate(element)
         if found is None:
             self.valid_definitions.update(keys)
         return found
+
+    def full_problem(self, element: etree._Element) -> str | None:
+        """problem() without the stub shortcut: line numbers are the element's own."""
+        return self._validate(element)
 
     def _with_stubs(self, element: etree._Element, embedded: list[etree._Element]) -> str | None:
         placed = []
@@ -56,7 +60,7 @@ class Validator:
         return f"line {error.line}: {error.message}" if error else "does not validate"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schema(kind_name: str, schema_dir: Path = SCHEMA_DIR) -> etree.RelaxNG | None:
     """The compiled schema, or None when libvirt's schemas are not installed."""
     path = schema_dir / _FILES[kind_name]

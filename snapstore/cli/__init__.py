@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from snapstore import __version__, errors
-
 from snapstore.cli import common
 
 # Command name(s) -> the module (in snapstore.cli) that registers and runs them;
@@ -54,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _set_up_logging(args.verbose - args.quiet)
     try:
         context = common.Context.from_args(args)
-        return args.run(args, context)
+        code: int = args.run(args, context)
+        return code
     except errors.SnapstoreError as e:
         common.report(e)
         _debug("details")

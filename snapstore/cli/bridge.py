@@ -14,13 +14,13 @@ from snapstore.formats import consolidated
 PROGRESS_EVERY = 100  # moments between two progress lines on stderr; shorter runs show none
 
 
-def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def register(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     _register_dump(commands, options)
     _register_restore(commands, options)
     _register_transfer(commands, options)
 
 
-def _register_dump(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def _register_dump(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = _command(commands, options, run_dump, "dump", "libvirt (API) -> consolidated file",
                       "Read every snapshot of a domain from a running libvirt, secrets included, one per "
                       "call, and commit them as one consolidated file (the store's, unless -o).")
@@ -31,7 +31,7 @@ def _register_dump(commands: argparse._SubParsersAction, options: argparse.Argum
                         help="let a domain without snapshots replace a store file that holds some")
 
 
-def _register_restore(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def _register_restore(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = _command(commands, options, run_restore, "restore", "consolidated file -> libvirt (API)",
                       "Redefine every snapshot of a consolidated file in a running libvirt: parents first, "
                       "the current one marked last. Identical snapshots are skipped, so a rerun finishes "
@@ -43,7 +43,7 @@ def _register_restore(commands: argparse._SubParsersAction, options: argparse.Ar
     _add_restore_options(parser)
 
 
-def _register_transfer(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def _register_transfer(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = _command(commands, options, run_transfer, "transfer", "dump from one libvirt, restore into another",
                       "dump, commit the dump durably, restore; with --delete-source-metadata the source's "
                       "metadata is then removed, once the target holds every snapshot (host migration).")
@@ -58,10 +58,11 @@ def _register_transfer(commands: argparse._SubParsersAction, options: argparse.A
     _add_restore_options(parser)
 
 
-def _command(commands: argparse._SubParsersAction, options: argparse.ArgumentParser, run: Any, name: str,
+def _command(commands: common.Commands, options: argparse.ArgumentParser, run: Any, name: str,
              summary: str, description: str) -> argparse.ArgumentParser:
     """A command on one DOMAIN whose output is data (--json)."""
-    parser = commands.add_parser(name, parents=[options], help=summary, description=description)
+    parser: argparse.ArgumentParser = commands.add_parser(name, parents=[options], help=summary,
+                                                          description=description)
     parser.add_argument("domain", metavar="DOMAIN")
     common.add_kind_option(parser)
     common.add_json_option(parser)
@@ -226,7 +227,8 @@ def _incomplete_lines(result: bridge.RestoreResult, uri: str) -> list[str]:
     lines += [f"{label}: {bridge.listed(names)}" for label, names in
               (("defined", defined), ("replaced", replaced)) if names]
     lines += _failure_lines(steps, "not tried")
-    if steps.failure.action != "set current" and plan.tree.current is not None and kind.stores_current:
+    if steps.failure is not None and steps.failure.action != "set current" and plan.tree.current is not None \
+            and kind.stores_current:
         lines.append(f"current {kind.name} {plan.tree.current!r} not marked yet")
     lines.append(f"run the same command again to finish: {kind.plural} already defined identically are skipped")
     return lines
@@ -234,7 +236,7 @@ def _incomplete_lines(result: bridge.RestoreResult, uri: str) -> list[str]:
 
 def _failure_lines(steps: bridge.Steps, not_tried_label: str) -> list[str]:
     failure = steps.failure
-    lines = [f"failed: {failure.name!r} ({failure.action}): {failure.message}"]
+    lines = [f"failed: {failure.name!r} ({failure.action}): {failure.message}"] if failure is not None else []
     if steps.not_tried:
         lines.append(f"{not_tried_label}: {bridge.listed(steps.not_tried)}")
     return lines

@@ -4,16 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snapstore import errors, lazy
+from snapstore import errors, limits
+from snapstore.check import findings, run, scan
 from snapstore.cli import common
 
-findings = lazy.module("snapstore.check.findings")
-run = lazy.module("snapstore.check.run")
-scan = lazy.module("snapstore.check.scan")
-SCHEMA_DIR = Path("/usr/share/libvirt/schemas")  # libvirt's install path (check.schema's default)
 
-
-def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def register(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "check", parents=[options], help="integrity of libvirt's folders and the store",
         description="Check snapshots and checkpoints of the given domains (default: all) in libvirt's "
@@ -25,8 +21,8 @@ def register(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
     parser.add_argument("--no-disks", action="store_true", help="skip the qemu-img cross-check of internal snapshots")
     parser.add_argument("--definitions", type=Path, default=Path("/etc/libvirt/qemu"), metavar="DIR",
                         help="libvirt's domain definitions, for the uuid check (default /etc/libvirt/qemu)")
-    parser.add_argument("--schemas", type=Path, default=SCHEMA_DIR, metavar="DIR",
-                        help=f"libvirt's RNG schemas (default {SCHEMA_DIR})")
+    parser.add_argument("--schemas", type=Path, default=limits.SCHEMA_DIR, metavar="DIR",
+                        help=f"libvirt's RNG schemas (default {limits.SCHEMA_DIR})")
     common.add_json_option(parser)
     parser.set_defaults(run=run_command)
 

@@ -5,10 +5,14 @@ import argparse
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 from snapstore import config, errors, kinds, store
+
+if typing.TYPE_CHECKING:  # argparse's action is generic to type checkers only
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,8 +40,9 @@ def _columns() -> int:
     """What shutil.get_terminal_size() would say: $COLUMNS, the terminal, or 80."""
     if os.environ.get("COLUMNS", "").isdigit():
         return int(os.environ["COLUMNS"])
+    stdout = sys.__stdout__
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+        return os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 80
     except (AttributeError, ValueError, OSError):
         return 80
 
@@ -82,7 +87,7 @@ class Context:
         self.verbosity = verbosity
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Context":
+    def from_args(cls, args: argparse.Namespace) -> Context:
         settings = config.load(args.config)
         overrides = {key: str(getattr(args, key)) for key in ("libvirt_dir", "checkpoint_dir", "state_dir")
                      if getattr(args, key, None) is not None}

@@ -12,7 +12,7 @@ from snapstore.cli import common
 _DOMAIN_ERRORS = (errors.TreeError, errors.FormatError, errors.Refused, errors.UnknownDomain, errors.LockTimeout)
 
 
-def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def register(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("consolidate", parents=[options], help="legacy folders -> consolidated files",
                                  description="Read libvirt's per-moment files of each domain, validate them "
                                              "all-or-nothing and commit one consolidated file per domain.")
@@ -55,6 +55,6 @@ def _result(done: ops.Consolidated, state: store.Store, args: argparse.Namespace
     if not args.json:
         verb = ("would write" if args.dry_run else "written to") if done.changed else "unchanged,"
         named = f", current {common.printable(done.current)}" if done.current else ""
-        context.say(f"{common.printable(done.domain)}: {done.count} {done.kind.plural}{named}: {verb} {path}")
-    return {"domain": done.domain, "kind": done.kind.name, "count": done.count, "current": done.current,
+        context.say(f"{common.printable(done.domain)}: {done.total} {done.kind.plural}{named}: {verb} {path}")
+    return {"domain": done.domain, "kind": done.kind.name, "count": done.total, "current": done.current,
             "changed": done.changed, "path": str(path)}

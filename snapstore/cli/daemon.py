@@ -6,7 +6,7 @@ import argparse
 from snapstore.cli import common
 
 
-def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def register(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("daemon", parents=[options], help="keep consolidated files in step with libvirt",
                                  description="Run in the foreground (systemd Type=notify): reconcile every "
                                              "domain, then follow libvirt's writes through inotify.")

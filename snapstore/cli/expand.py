@@ -9,8 +9,7 @@ from snapstore import errors, fsio, hostenv, legacydir, model
 from snapstore.cli import common
 
 
-
-def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def register(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("expand", parents=[options], help="consolidated file -> libvirt folder",
                                  description="Write a domain's libvirt folder from its consolidated file: one "
                                              "file per moment with libvirt's header and <active> marker, mode "

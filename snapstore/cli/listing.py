@@ -14,7 +14,7 @@ from snapstore import errors, index
 from snapstore.cli import common
 
 
-def register(commands: argparse._SubParsersAction, options: argparse.ArgumentParser) -> None:
+def register(commands: common.Commands, options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("list", parents=[options], help="list a domain's moments",
                                  description="List a domain's snapshots (or checkpoints) from the store: "
                                              "name, parent, creation time, state, current.")

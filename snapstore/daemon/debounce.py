@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
-class Debouncer:
+class Debouncer(Generic[K]):
     """A key is due once ``quiet`` seconds passed without a new touch."""
 
     def __init__(self, quiet: float) -> None:
         self.quiet = quiet
-        self._due: dict[Hashable, float] = {}
+        self._due: dict[K, float] = {}
 
-    def touch(self, key: Hashable, now: float) -> None:
+    def touch(self, key: K, now: float) -> None:
         self._due[key] = now + self.quiet
 
-    def retry(self, key: Hashable, at: float) -> None:
+    def retry(self, key: K, at: float) -> None:
         """Due again at ``at`` unless a touch comes first (and pushes it later)."""
         self._due[key] = max(at, self._due.get(key, at))
 
-    def pop_due(self, now: float) -> list[Hashable]:
+    def pop_due(self, now: float) -> list[K]:
         due = [key for key, at in self._due.items() if at <= now]
         for key in due:
             del self._due[key]

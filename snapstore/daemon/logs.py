@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 STARTED = "5e1f2b4c8a9d4e0fb1c2d3e4f5a60001"
@@ -31,11 +32,11 @@ def fields(message_id: str, domain: str | None = None, snapshot: str | None = No
     return extra
 
 
-def under_journald(environ: dict[str, str] | None = None, stderr_fd: int = 2) -> bool:
+def under_journald(environ: Mapping[str, str] | None = None, stderr_fd: int = 2) -> bool:
     """True when stderr is the journal stream systemd names in JOURNAL_STREAM
     (a child of a service inherits the variable, not the stream)."""
-    environ = os.environ if environ is None else environ
-    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    stream = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
     if not (device.isdigit() and inode.isdigit()):
         return False
     try:
@@ -57,8 +58,10 @@ def set_up(verbosity: int) -> logging.Handler:
 
 
 def _journal_handler() -> logging.Handler:
-    from systemd import journal  # only importable where libsystemd is
-    return journal.JournalHandler(SYSLOG_IDENTIFIER="snapstore")
+    from systemd import journal  # type: ignore[attr-defined]  # only importable where libsystemd is
+
+    handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="snapstore")
+    return handler
 
 
 def _stderr_handler() -> logging.Handler:

@@ -6,14 +6,14 @@ runs the same way under systemd, in a test, or in a terminal.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
-from systemd import daemon as sd_daemon
+from systemd import daemon as sd_daemon  # type: ignore[attr-defined]  # no type information shipped
 
 
 class Notifier:
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        self.watchdog_interval = _watchdog_interval(environ)
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.watchdog_interval = _watchdog_interval(os.environ if environ is None else environ)
         self._status = ""
 
     def ready(self, status: str) -> None:
@@ -39,7 +39,7 @@ class Notifier:
         sd_daemon.notify("STOPPING=1\nSTATUS=stopping")
 
 
-def _watchdog_interval(environ: dict[str, str]) -> float | None:
+def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
     """Half of WATCHDOG_USEC, as sd_watchdog_enabled() advises; None when off."""
     usec = environ.get("WATCHDOG_USEC", "")
     pid = environ.get("WATCHDOG_PID", "")

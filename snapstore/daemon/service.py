@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from snapstore import config, errors, kinds, store
-from snapstore.daemon import debounce, logs, notify, sync, watcher
+from snapstore.daemon import debounce, logs, messages, notify, sync, watcher
 
 log = logging.getLogger("snapstore.daemon")
 _WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked often
@@ -28,7 +28,7 @@ class Service:
         self.settings = settings
         self.reload_settings = reload
         self.clock = clock
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[messages.Message] = queue.SimpleQueue()
         self.notifier = notify.Notifier()
         self._next_ping = self.clock() if self.notifier.watchdog_interval else float("inf")
         self._ready = False
@@ -40,7 +40,7 @@ class Service:
                             warn=lambda text: log.warning("%s", text, extra=logs.fields(logs.FAILED)))
         state.prepare()
         self.sync = sync.Synchronizer(self.settings, state, self.clock)
-        self.debouncer = debounce.Debouncer(self.settings.quiet_period)
+        self.debouncer: debounce.Debouncer[sync.Key] = debounce.Debouncer(self.settings.quiet_period)
         roots = {kind: self.sync.root(kind) for kind in kinds.ALL}
         self.watcher = watcher.Watcher(roots, self.queue)
 
@@ -71,7 +71,7 @@ class Service:
         log.info("stopped", extra=logs.fields(logs.STOPPED))
         return 0
 
-    def _wait(self, timeout: float) -> list[tuple]:
+    def _wait(self, timeout: float) -> list[messages.Message]:
         """Everything queued, waiting up to ``timeout`` for the first item."""
         try:
             items = [self.queue.get(timeout=max(timeout, 0.0))]
@@ -83,20 +83,22 @@ class Service:
             except queue.Empty:
                 return items
 
-    def _handle(self, items: list[tuple]) -> bool:
-        """Act on queued items; False when the daemon must stop."""
+    def _handle(self, items: list[messages.Message]) -> bool:
+        """Act on queued messages; False when the daemon must stop."""
         now = self.clock()
         for item in items:
-            if item[0] == "domain":
-                self.debouncer.touch((item[1], item[2]), now)
-                if item[3] is not None:
-                    self.sync.forget((item[1], item[2]), item[3])
-            elif item[0] == "reload":
+            if isinstance(item, messages.Changed):
+                self.debouncer.touch((item.kind, item.domain), now)
+                if item.name is not None:
+                    self.sync.forget((item.kind, item.domain), item.name)
+            elif isinstance(item, messages.Reload):
                 self._reload()
-            elif item[0] == "stop":
+            elif isinstance(item, messages.Stop):
                 return False
-        if ("rescan",) in items:  # once per batch, however many overflows were queued
-            log.warning("events may have been lost; full rescan", extra=logs.fields(logs.RESCAN))
+        rescans = [item for item in items if isinstance(item, messages.Rescan)]
+        if rescans:  # once per batch, however many overflows were queued
+            log.warning("events may have been lost (%s); full rescan", rescans[0].why,
+                        extra=logs.fields(logs.RESCAN))
             self.reconcile()
         return True
 
@@ -110,9 +112,10 @@ class Service:
         timeout: called between domains too, so a long reconcile or waits
         for locks never starve systemd's watchdog."""
         now = self.clock()
-        if now >= self._next_ping:  # never without a watchdog: then it is infinite
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now >= self._next_ping:  # without a watchdog, _next_ping is infinite
             self.notifier.watchdog()
-            self._next_ping = now + self.notifier.watchdog_interval
+            self._next_ping = now + interval
         if not self._ready and now >= self._next_extension:
             self.notifier.extend_start(_START_EXTENSION)
             self._next_extension = now + _START_EXTENSION / 4
@@ -165,6 +168,6 @@ class Service:
         log.info("reloaded: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
 
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.queue.put(("stop",)))
-        signal.signal(signal.SIGINT, lambda *_: self.queue.put(("stop",)))
-        signal.signal(signal.SIGHUP, lambda *_: self.queue.put(("reload",)))
+        signal.signal(signal.SIGTERM, lambda *_: self.queue.put(messages.Stop()))
+        signal.signal(signal.SIGINT, lambda *_: self.queue.put(messages.Stop()))
+        signal.signal(signal.SIGHUP, lambda *_: self.queue.put(messages.Reload()))

@@ -80,7 +80,7 @@ class Synchronizer:
             return self.settings.quiet_period
         if outcome is Outcome.FAILED:
             failures = self.domains[key].failures
-            return min(_MAX_BACKOFF, max(self.settings.quiet_period, 0.1) * 2 ** min(failures, 10))
+            return min(_MAX_BACKOFF, max(self.settings.quiet_period, 0.1) * 2.0 ** min(failures, 10))
         return None
 
     def forget(self, key: Key, name: str) -> None:

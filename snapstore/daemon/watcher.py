@@ -1,9 +1,8 @@
 """inotify (through watchdog) on libvirt's snapshot and checkpoint roots.
 
-Events become ("domain", kind, domain, file name or None) items on the
-daemon's queue; the daemon decides when to read, and reads the named files
-again. An inotify queue overflow (watchdog only logs it, then rebuilds its
-watches) and a dead observer become ("rescan",).
+Events become messages.Changed on the daemon's queue; the daemon decides
+when to read, and reads the named files again. An inotify queue overflow
+(watchdog only logs it, then rebuilds its watches) becomes messages.Rescan.
 """
 from __future__ import annotations
 
@@ -13,18 +12,20 @@ import queue
 from pathlib import Path
 
 from watchdog import events, observers
+from watchdog.observers.api import BaseObserver
 
 from snapstore import fsio, kinds
+from snapstore.daemon import messages
 
 log = logging.getLogger("snapstore.daemon")
 
 
 class Watcher:
-    def __init__(self, roots: dict[kinds.Kind, Path], sink: queue.SimpleQueue) -> None:
+    def __init__(self, roots: dict[kinds.Kind, Path], sink: queue.SimpleQueue[messages.Message]) -> None:
         self.roots = roots
         self.sink = sink
         self.watched: set[kinds.Kind] = set()
-        self._observer: observers.Observer | None = None
+        self._observer: BaseObserver | None = None
         self._overflow = _OverflowSignal(sink)
 
     def start(self) -> None:
@@ -54,7 +55,7 @@ class Watcher:
 
 
 class _Handler(events.FileSystemEventHandler):
-    def __init__(self, kind: kinds.Kind, root: Path, sink: queue.SimpleQueue) -> None:
+    def __init__(self, kind: kinds.Kind, root: Path, sink: queue.SimpleQueue[messages.Message]) -> None:
         self.kind, self.root, self.sink = kind, os.fsdecode(root), sink
 
     def on_any_event(self, event: events.FileSystemEvent) -> None:
@@ -63,7 +64,7 @@ class _Handler(events.FileSystemEventHandler):
         paths = [event.src_path, getattr(event, "dest_path", "")]
         for found in {self._entry_of(os.fsdecode(path)) for path in paths if path}:
             if found is not None:
-                self.sink.put(("domain", self.kind, *found))
+                self.sink.put(messages.Changed(self.kind, *found))
 
     def _entry_of(self, path: str) -> tuple[str, str | None] | None:
         """(domain, file name, or None for the domain folder itself) of a
@@ -83,10 +84,10 @@ class _OverflowSignal(logging.Handler):
     """watchdog logs lost events (from its child loggers) but does not report
     them: a handler on its logger turns that record into a rescan."""
 
-    def __init__(self, sink: queue.SimpleQueue) -> None:
+    def __init__(self, sink: queue.SimpleQueue[messages.Message]) -> None:
         super().__init__(level=logging.WARNING)
         self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
-            self.sink.put(("rescan",))
+            self.sink.put(messages.Rescan("inotify queue overflow"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from lxml import etree
 
 from snapstore import codes, errors, kinds, limits, model
-from snapstore.formats import xmlsafe
+from snapstore.formats import mapping, xmlsafe
 
 FORMAT_VERSION = "1"
 DEFAULT_LIMIT = limits.STORE_FILE
@@ -25,7 +25,8 @@ def parse_consolidated(data: bytes, kind: kinds.Kind, source: str,
     root = next(elements)
     version = root.get("format")
     if version != FORMAT_VERSION:
-        raise errors.FormatError(path=source, reason=f"format {version!r} is not supported (this snapstore reads {FORMAT_VERSION!r})")
+        raise errors.FormatError(path=source, reason=f"format {version!r} is not supported "
+                                                    f"(this snapstore reads {FORMAT_VERSION!r})")
     domain, current = root.get("domain"), root.get("current")
     if not domain:
         raise errors.FormatError(path=source, reason="root element has no domain attribute")
@@ -57,6 +58,7 @@ def format_consolidated(tree: model.Tree) -> bytes:
 
 def _moment(child: etree._Element, kind: kinds.Kind, source: str) -> model.Moment:
     if child.find("active") is not None and kind.stores_current:
-        raise errors.FormatError(path=source, reason=f"{kind.name} {child.findtext('name')!r} holds an <active> marker; "
-                                         "the current one is named by the root's current attribute", code=codes.BAD_INTERNAL_ELEMENT)
-    return model.Moment.from_element(child, source)
+        raise errors.FormatError(path=source, reason=f"{kind.name} {child.findtext('name')!r} holds an <active> "
+                                                    "marker; the current one is named by the root's current attribute",
+                                 code=codes.BAD_INTERNAL_ELEMENT)
+    return mapping.moment(child, source)

@@ -11,7 +11,7 @@ import dataclasses
 from lxml import etree
 
 from snapstore import codes, errors, kinds, limits, model
-from snapstore.formats import xmlsafe
+from snapstore.formats import mapping, xmlsafe
 
 LIBVIRT_FILE_LIMIT = limits.LIBVIRT_FILE
 
@@ -35,12 +35,15 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
                  limit: int = LIBVIRT_FILE_LIMIT) -> LegacyMoment:
     root = xmlsafe.parse_bytes(data, source, limit)
     if root.tag != kind.root_tag:
-        raise errors.FormatError(path=source, reason=f"root element is <{root.tag}>, expected <{kind.root_tag}>", code=codes.WRONG_ROOT)
+        raise errors.FormatError(path=source,
+                                 reason=f"root element is <{xmlsafe.tag(root)}>, expected <{kind.root_tag}>",
+                                 code=codes.WRONG_ROOT)
     xmlsafe.refuse_unnestable(root, source)
-    active = _pop_active(root, source) if kind.stores_current else False
-    moment = model.Moment.from_element(root, source)
+    active = pop_active(root, source) if kind.stores_current else False
+    moment = mapping.moment(root, source)
     if not moment.name:
-        raise errors.FormatError(path=source, reason=f"<{kind.root_tag}> has no <name>", code=codes.BAD_INTERNAL_ELEMENT)
+        raise errors.FormatError(path=source, reason=f"<{kind.root_tag}> has no <name>",
+                                 code=codes.BAD_INTERNAL_ELEMENT)
     return LegacyMoment(moment, active)
 
 
@@ -58,7 +61,7 @@ def _with_active(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     if moment.body.endswith(closing):  # libvirt's layout: the last child then the closing tag
         cut = len(moment.body) - len(closing) + 2
         return moment.body[:cut] + b"  " + marker + b"\n" + moment.body[cut:]
-    element = moment.element  # anything else: placed by the tree, so text around it is kept
+    element = mapping.element(moment)  # anything else: placed by the tree, so text around it is kept
     last = element[-1] if len(element) else None
     saved = last.tail if last is not None else element.text
     node = etree.SubElement(element, "active")
@@ -70,7 +73,8 @@ def _with_active(moment: model.Moment, kind: kinds.Kind, active: bool) -> bytes:
     return xmlsafe.serialize(element)
 
 
-def _pop_active(root: etree._Element, source: str) -> bool:
+def pop_active(root: etree._Element, source: str) -> bool:
+    """Remove the internal <active> marker (exactly one, 0 or 1); True for 1."""
     # libvirt's internal parse requires exactly this element
     # (virDomainSnapshotDefParseNode with VIR_DOMAIN_SNAPSHOT_PARSE_INTERNAL).
     markers = root.findall("active")
@@ -80,7 +84,8 @@ def _pop_active(root: etree._Element, source: str) -> bool:
     marker = markers[0]
     text = (marker.text or "").strip()
     if text not in ("0", "1"):
-        raise errors.FormatError(path=source, reason=f"<active> holds {text!r}, expected 0 or 1", code=codes.BAD_INTERNAL_ELEMENT)
+        raise errors.FormatError(path=source, reason=f"<active> holds {text!r}, expected 0 or 1",
+                                 code=codes.BAD_INTERNAL_ELEMENT)
     _remove_keeping_tail(marker)
     return text == "1"
 
@@ -88,10 +93,12 @@ def _pop_active(root: etree._Element, source: str) -> bool:
 def _remove_keeping_tail(node: etree._Element) -> None:
     """Remove ``node``; text on both sides of it is joined, indentation dropped."""
     parent = node.getparent()
+    if parent is None:  # the root: nothing around it to join
+        return
     previous = node.getprevious()
-    before = previous.tail if previous is not None else parent.text
+    before = (previous.tail if previous is not None else parent.text) or ""
     after = node.tail or ""
-    if not (before or "").strip():
+    if not before.strip():
         joined = after  # indentation before the marker: the closing indentation after it wins
     elif not after.strip():
         joined = before  # text before, only indentation after

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+import typing
 from collections.abc import Iterator
 
 from lxml import etree
@@ -16,17 +17,22 @@ from lxml import etree
 from snapstore import codes, errors
 
 _local = threading.local()
-_OPTIONS = dict(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 _CHUNK = 1 << 16
 
 
 def _parser() -> etree.XMLParser:
     # lxml parsers are not thread-safe; one per thread, reused for speed.
-    parser = getattr(_local, "parser", None)
+    parser: etree.XMLParser | None = getattr(_local, "parser", None)
     if parser is None:
-        parser = etree.XMLParser(dtd_validation=False, remove_blank_text=False, **_OPTIONS)
+        parser = etree.XMLParser(dtd_validation=False, remove_blank_text=False, resolve_entities=False,
+                                 no_network=True, load_dtd=False, huge_tree=False)
         _local.parser = parser
     return parser
+
+
+def tag(element: etree._Element) -> str:
+    """An element's tag as text (lxml types it wider: bytes, QName)."""
+    return str(element.tag)
 
 
 def parse_bytes(data: bytes, source: str, limit: int) -> etree._Element:
@@ -52,7 +58,8 @@ _TOO_DEEP = etree.XPath("boolean(" + "/".join(["*"] * (NEST_LIMIT + 1)) + ")")
 def refuse_unnestable(element: etree._Element, source: str) -> None:
     """Refuse a moment a consolidated file could hold but never read back."""
     if _TOO_DEEP(element):
-        raise errors.FormatError(path=source, reason=f"nests elements more than {NEST_LIMIT} levels below <{element.tag}>; "
+        raise errors.FormatError(path=source,
+                                 reason=f"nests elements more than {NEST_LIMIT} levels below <{tag(element)}>; "
                                          "a consolidated file could not be read back (libxml2's depth limit)")
 
 
@@ -63,8 +70,20 @@ def string(element: etree._Element, path: str) -> str | None:
     found = element.find(path)
     if found is None:
         return None
-    text = found.text if not len(found) else "".join(found.itertext())
+    text = found.text if not len(found) else "".join(str(part) for part in found.itertext())
     return text or None
+
+
+def libvirt_root_tag(data: bytes) -> str | None:
+    """The root tag libvirt would see, or None when libvirt could not parse
+    the document. libvirt's libxml2 call has no XML_PARSE_NOENT, so a
+    DOCTYPE and entity references are fine to it (this parser refuses
+    them); nothing is expanded, loaded or fetched here either."""
+    parser = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True, huge_tree=False)
+    try:
+        return tag(etree.fromstring(data, parser))
+    except etree.XMLSyntaxError:
+        return None
 
 
 def reparse(data: bytes) -> etree._Element:
@@ -84,7 +103,8 @@ def stream(data: bytes, source: str, limit: int, root_tag: str, child_tag: str) 
     """
     _refuse_oversize(data, source, limit)
     etree.clear_error_log()  # so the first entry of an error's log is this document's
-    parser = etree.XMLPullParser(events=("start", "end"), tag=(root_tag, child_tag), **_OPTIONS)
+    parser = etree.XMLPullParser(events=("start", "end"), tag=(root_tag, child_tag), resolve_entities=False,
+                                 no_network=True, load_dtd=False, huge_tree=False)
     root = closed = None
     chunks = (data[offset:offset + _CHUNK] for offset in range(0, len(data), _CHUNK))
     for chunk in itertools.chain(chunks, [None]):  # None: the end, whose events count the same
@@ -103,8 +123,11 @@ def stream(data: bytes, source: str, limit: int, root_tag: str, child_tag: str) 
                 while element.getprevious() is not None:
                     del root[0]
     if root is None:  # no <root_tag> root: say what the root is
+        if closed is None:  # close() returns the root or raises
+            raise errors.FormatError(path=source, reason="holds no element")
         _refuse_doctype(closed.getroottree(), source)
-        raise errors.FormatError(path=source, reason=f"root element is <{closed.tag}>, expected <{root_tag}>", code=codes.WRONG_ROOT)
+        raise errors.FormatError(path=source, reason=f"root element is <{tag(closed)}>, expected <{root_tag}>",
+                                 code=codes.WRONG_ROOT)
     _refuse_other_children(root, None, child_tag, source)
 
 
@@ -114,7 +137,7 @@ def _refuse_other_children(root: etree._Element, upto: etree._Element | None, ch
         if node is upto:
             return
         if isinstance(node.tag, str) and node.tag != child_tag:
-            raise errors.FormatError(path=source, reason=f"holds <{node.tag}>, expected only <{child_tag}> children",
+            raise errors.FormatError(path=source, reason=f"holds <{tag(node)}>, expected only <{child_tag}> children",
                                      code=codes.WRONG_ROOT)
 
 
@@ -129,12 +152,17 @@ def _parse_step(parser: etree.XMLPullParser, source: str,
     """Feed ``chunk`` (None: close) and return the events it completed, and
     the document's root once closed."""
     try:
-        root = parser.close() if chunk is None else parser.feed(chunk)
-        return list(parser.read_events()), root
+        root = None
+        if chunk is None:
+            root = parser.close()
+        else:
+            parser.feed(chunk)
+        # Only "start" and "end" were asked for: each is (event, element).
+        return typing.cast(list[tuple[str, etree._Element]], list(parser.read_events())), root
     except etree.XMLSyntaxError as e:
         # The first logged error is the cause; the exception may only say
         # what followed it ("no element found").
-        first = e.error_log[0] if len(e.error_log) else None  # stream() cleared the log first
+        first = next(iter(e.error_log), None)  # stream() cleared the log first
         reason = f"{first.message}, line {first.line}, column {first.column}" if first else _first_line(e)
         raise errors.FormatError(path=source, reason=f"not well-formed XML: {reason}") from e
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from snapstore import codes, cli, kinds, model
+from snapstore import cli, codes, kinds, model
 from snapstore.formats import consolidated, legacy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,8 +33,7 @@ SCRIPT = REPO / ".venv" / "bin" / "snapstore"
 LIBVIRTD_PIDFILE = Path("/run/libvirt/libvirtd.pid")
 SUBPROCESS_TIMEOUT = 30
 PREFIX = "snapstore: "
-from cliresult import WARNING, Result  # noqa: E402
-
+from cliresult import Result  # noqa: E402
 
 # --------------------------------------------------------------------------- harness
 
@@ -188,7 +187,8 @@ def _duplicate(env: Env) -> list[tuple[str, ...]]:
 
 
 def _wrong_root(env: Env) -> list[tuple[str, ...]]:
-    (env.folder / "s4.xml").write_bytes(samples.snapshot_xml("s4", "s3").replace(b"domainsnapshot", b"domaincheckpoint"))
+    (env.folder / "s4.xml").write_bytes(samples.snapshot_xml("s4", "s3").replace(b"domainsnapshot",
+                                                                                 b"domaincheckpoint"))
     return [(str(env.folder / "s4.xml"), "root element is <domaincheckpoint>", "expected <domainsnapshot>")]
 
 

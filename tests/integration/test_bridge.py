@@ -18,13 +18,13 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from lab import Lab, LabError, Run, View, snapstore
 from lxml import etree
 
-from lab import Lab, LabError, Run, View, snapstore
 from snapstore.formats import xmlsafe
 
 SYSTEM_URI = "qemu:///system"

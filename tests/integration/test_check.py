@@ -21,7 +21,6 @@ by some case of this file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -34,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lxml import etree
-
 from cliresult import Result
 from lab import Lab
-from snapstore import cli, codes, naming
+from lxml import etree
+
+from snapstore import cli, codes, fsio, naming
 from snapstore.check import disks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +47,7 @@ DOMAIN, OTHER = "vm1", "vm 2é"  # the second one's store file name is escaped
 NAMES = ["s1", "s2", "s3", "b1"]  # vm1: s1 <- s2 <- s3, s1 <- b1, current s2
 FOREIGN_UUID = "11111111-2222-4333-8444-555555555555"
 STALE_TEMP = ".snapstore-tmp-999999999-abc"  # no such pid: a dead snapstore's temp
+FOREIGN_TEMP = STALE_TEMP + fsio.FOREIGN_MARK  # the same in a libvirt root (a folder snapstore does not own)
 BULK = 1000
 
 SEEN: set[str] = set()  # every code any check run of this module produced
@@ -412,7 +412,8 @@ CASES = [
     case("schema-invalid-both", schema_invalid_both, codes.SCHEMA_INVALID, 1, at="s3"),
     case("bad-active", lambda env: set_active(env, "s3", "yes"), codes.BAD_INTERNAL_ELEMENT, 3, SKIPPED, "s3.xml"),
     case("checkpoint-unparsable", checkpoint_unparsable, codes.UNPARSABLE, 3, at="checkpoint/vm1/c1.xml"),
-    case("checkpoint-name-pattern", checkpoint_bad_name, codes.NAME_PATTERN, 3, {codes.STORE_MISSING, codes.SCHEMA_INVALID},
+    case("checkpoint-name-pattern", checkpoint_bad_name, codes.NAME_PATTERN, 3, {codes.STORE_MISSING,
+                                                                                 codes.SCHEMA_INVALID},
          at="checkpoint/vm1/bad name.xml"),
     # --- SS2xx: tree
     case("store-empty-name", store_empty_name, codes.EMPTY_NAME, 3,
@@ -687,7 +688,7 @@ def test_repair_removes_stale_snapstore_temps(env: Env, capsys: pytest.CaptureFi
     put(store_temp, b"half a file")
     attic_temp = env.attic / STALE_TEMP
     put(attic_temp, b"half a file")
-    folder_temp = env.snapshots / (STALE_TEMP + "0")  # a folder swap that died halfway
+    folder_temp = env.snapshots / (STALE_TEMP + "0" + fsio.FOREIGN_MARK)  # a folder swap that died halfway
     folder_temp.mkdir()
     shutil.copy2(env.file("s1"), folder_temp / "s1.xml")
     assert check(capsys, env, "--json").codes == {codes.SNAPSTORE_TEMP}
@@ -703,6 +704,27 @@ def test_repair_removes_stale_snapstore_temps(env: Env, capsys: pytest.CaptureFi
         "STATE/attic silently, so check --repair removes them without reporting the repair (DESIGN §6: "
         "--repair reports each change; --repair --dry-run lists them, the real run does not). "
         f"Reported: {sorted(reported)}\n{result}")
+
+
+def test_a_temp_name_without_the_mark_in_a_libvirt_root_is_a_domain(env: Env,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """libvirt accepts a domain named like a snapstore temp; in a libvirt root only
+    a name ending with fsio.FOREIGN_MARK is a temp, so this folder is checked as a
+    domain and never removed."""
+    domain = ".snapstore-tmp-999999-x"  # pid 999999: dead, were it a temp
+    folder = env.snapshots / domain
+    folder.mkdir(mode=0o700)
+    shutil.copy2(env.file("t1", OTHER), folder / "t1.xml")
+    found = check(capsys, env, "--json")
+    assert found.codes == {codes.STORE_MISSING}, found
+    assert [f["domain"] for f in found.data["findings"]] == [domain], found
+    result, changes = repair(capsys, env)
+    assert (folder / "t1.xml").read_bytes() == env.file("t1", OTHER).read_bytes(), "the domain's folder was touched"
+    assert not [p for p in {**changes.removed, **changes.changed} if p.startswith(str(folder))], changes
+    assert repairs(result) == [(codes.STORE_MISSING,
+                                str(env.state / "snapshots" / f"{naming.escape_domain(domain)}.xml"),
+                                True)], result
+    assert result.code == 0 and result.data["findings"] == [], result
 
 
 def test_repair_tightens_modes(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -844,7 +866,7 @@ def several_repairs(env: Env) -> None:
     env.file("s3").chmod(0o644)                                        # vm1: mode
     put(env.snapshots / OTHER / "junk.xml", b"<junk")                  # vm 2é: attic
     shutil.copy2(env.file("t1", OTHER), env.file("t1", OTHER).with_suffix(".xml.new"))  # vm 2é: attic
-    (env.snapshots / STALE_TEMP).mkdir()                               # removed
+    (env.snapshots / FOREIGN_TEMP).mkdir()                             # removed
 
 
 def test_repair_dry_run_changes_nothing_and_lists_the_repairs(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -856,7 +878,7 @@ def test_repair_dry_run_changes_nothing_and_lists_the_repairs(env: Env, capsys: 
     planned = [(code, path) for code, path, done in repairs(dry)]
     assert not any(done for _code, _path, done in repairs(dry)), dry
     assert sorted(planned) == sorted([
-        (codes.SNAPSTORE_TEMP, str(env.snapshots / STALE_TEMP)),
+        (codes.SNAPSTORE_TEMP, str(env.snapshots / FOREIGN_TEMP)),
         (codes.MODE_TOO_WIDE, str(env.file("s3"))),
         (codes.UNPARSABLE, str(env.snapshots / OTHER / "junk.xml")),
         (codes.LIBVIRT_TEMP, str(env.snapshots / OTHER / "t1.xml.new")),
@@ -888,6 +910,6 @@ def test_every_code_is_produced_by_some_case() -> None:
     outside = {codes.UNREADABLE}  # test_unreadable_file: needs a process without root's DAC override
     assert set(codes.CODES) - in_table - outside == set(), "codes no case of the table expects"
     every_case = {c.id for c in CASES}
-    if RAN != every_case or codes.UNREADABLE not in SEEN:
+    if every_case != RAN or codes.UNREADABLE not in SEEN:
         pytest.skip(f"partial run: {len(RAN)} of {len(every_case)} damage cases ran")
     assert set(codes.CODES) - SEEN == set(), f"codes no check run produced: {sorted(set(codes.CODES) - SEEN)}"

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lxml import etree
-
 from cliresult import Result
 from daemonproc import Daemon, read_store, store_path, wait_for, write_config
 from lab import CheckpointView, Lab, LabError, snapstore
+from lxml import etree
+
 from snapstore import cli, codes, errors, kinds, legacydir, naming
-from snapstore.formats import consolidated, xmlsafe
+from snapstore.formats import consolidated, mapping, xmlsafe
 from snapstore.store import Store
 
 SYSTEM_URI = "qemu:///system"
@@ -388,7 +388,7 @@ def test_daemon_follows_checkpoint_creates_and_deletes(new_lab: Callable[[], Lab
             assert lag <= FOLLOW, f"the store followed {wanted} after {lag:.2f} s; {daemon.describe()}"
         final = views[-1]
         tree = consolidated.parse_consolidated(read_store(state, domain, kinds.CHECKPOINT), kinds.CHECKPOINT, "")
-        assert {m.name: xmlsafe.canonical(m.element) for m in tree.moments} == \
+        assert {m.name: xmlsafe.canonical(mapping.element(m)) for m in tree.moments} == \
             {n: canonical(x) for n, x in final.xml.items()}
         assert sorted(os.listdir(lab.checkpoint_dir / domain)) == ["c2.xml", "c3.xml"], \
             "the daemon wrote into libvirt's folder"
@@ -566,8 +566,8 @@ def test_restore_reports_no_current_to_mark_for_checkpoints(scenarios: Callable[
     dry = snapstore(*restore, str(good), "--dry-run")
     failed = snapstore(*restore, str(broken))
     assert dry.rc == 0 and "3 to define, 0 to replace, 0 already present" in dry.out, dry
-    assert failed.rc == 1 and "snapstore: %s: failed: 'c2' (redefine): XML document failed to validate against " \
-        "schema" % source.domain in failed.err, failed
+    assert failed.rc == 1 and f"snapstore: {source.domain}: failed: 'c2' (redefine): XML document failed to " \
+        "validate against schema" in failed.err, failed
     said = [line for line in [*dry.out.splitlines(), *failed.err.splitlines()] if "mark" in line]
     assert not said, ("regression: restore --checkpoints speaks of marking a current checkpoint, which it never does "
                       "(the chain's computed current c3 vs plan.target_current, always None for checkpoints, in "

@@ -21,13 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import (
+    Daemon,
+    read_store,
+    store_path,
+    store_summary,
+    summary_of_bytes,
+    view_summary,
+    wait_for,
+    write_config,
+)
+from lab import Lab, View
 from lxml import etree
 
-from daemonproc import (Daemon, read_store, store_path, store_summary, summary_of_bytes,
-                        view_summary, wait_for, write_config)
-from lab import Lab, View
 from snapstore import kinds
-from snapstore.formats import consolidated, xmlsafe
+from snapstore.formats import consolidated, mapping, xmlsafe
 
 FOLLOW = 2.0  # seconds: a libvirt change must be in the store within this (issue 3)
 TEMP_PREFIX = ".snapstore-tmp-"
@@ -94,7 +102,7 @@ def assert_store_equals(state: Path, domain: str, view: View) -> None:
     for index, moment in enumerate(tree.moments):
         assert moment.parent is None or order.index(moment.parent) < index, f"{order}: not parents first"
         libvirt = etree.fromstring(view.xml[moment.name].encode())
-        assert xmlsafe.canonical(moment.element) == xmlsafe.canonical(libvirt), (
+        assert xmlsafe.canonical(mapping.element(moment)) == xmlsafe.canonical(libvirt), (
             f"{domain}/{moment.name}: the store differs from libvirt's SECURE XML")
 
 
@@ -176,7 +184,7 @@ class VersionRecorder:
             finally:
                 os.close(fd)
 
-    def __enter__(self) -> "VersionRecorder":
+    def __enter__(self) -> VersionRecorder:
         self._thread.start()
         return self
 

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cliresult import Result
 from lxml import etree
 
-from cliresult import Result
 from snapstore import cli, codes
 from snapstore.check import disks
 
@@ -342,7 +342,8 @@ COVERED = [
      "<memory snapshot='no'/>", "    <disk name='vda'>\n      <source file='/img/a.new'/>\n    </disk>\n",
      "shutoff", []),
     ("external default, unlisted disk's own 'internal'",
-     file_disk(A) + file_disk(B, "vdb", extra=" snapshot='internal'"), INTERNAL, "    <disk name='vda' snapshot='external'/>\n", "running", [B]),
+     file_disk(A) + file_disk(B, "vdb",
+                              extra=" snapshot='internal'"), INTERNAL, "    <disk name='vda' snapshot='external'/>\n", "running", [B]),
     ("block device", block_disk(A), INTERNAL, "", "running", [A]),
     ("network disk", "      <disk type='network' device='disk'>\n        <driver name='qemu' type='qcow2'/>\n"
      "        <source protocol='nbd' name='x'><host name='127.0.0.1' port='10899'/></source>\n"

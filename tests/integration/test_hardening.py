@@ -99,9 +99,8 @@ def test_symlinked_state_subfolder_is_refused(tmp_path: Path, folder: str) -> No
         entry.unlink()
     victim.rmdir()
     victim.symlink_to(outside)
-    with pytest.raises(errors.EnvironmentProblem, match="symlink"):
-        with state.lock(kinds.SNAPSHOT, "vm1"):
-            state.to_attic(kinds.SNAPSHOT, "vm1")
+    with pytest.raises(errors.EnvironmentProblem, match="symlink"), state.lock(kinds.SNAPSHOT, "vm1"):
+        state.to_attic(kinds.SNAPSHOT, "vm1")
     assert list(outside.iterdir()) == []
 
 
@@ -279,7 +278,8 @@ def test_index_write_failure_is_a_warning_and_leaves_no_temp(env: Env, capsys: p
         entry.unlink()
     index.chmod(0o500)  # root writes anyway: take the capability away with setpriv
     script = Path(sys.executable).parent / "snapstore"
-    done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all", "--", str(script),
+    done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all",
+                           "--", str(script),
                            *env.argv("consolidate", "vm1")], capture_output=True, text=True, timeout=30)
     index.chmod(0o700)
     assert done.returncode == 0, done

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from lxml import etree
-
 from lab import Lab, LabError
+from lxml import etree
 
 AWKWARD_NAMES = ["with space", "é快", "123", "q'uo\"te", "&<amp"]
 

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lab import Lab, TIMEOUT_SECONDS, View, snapstore
+from lab import TIMEOUT_SECONDS, Lab, View, snapstore
 
 SCRIPT = Path(__file__).resolve().parents[2] / "migration" / "convert-host"
 SNAPSTORE = Path(sys.executable).with_name("snapstore")  # the venv's console script

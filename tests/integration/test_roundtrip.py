@@ -18,15 +18,16 @@ import os
 import re
 import stat
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from lab import Lab, View
 from lxml import etree
 
-from lab import Lab, View
 from snapstore import cli, kinds
-from snapstore.formats import consolidated, xmlsafe
+from snapstore.formats import consolidated, mapping, xmlsafe
 from snapstore.store import Store
 
 BULK_COUNT = 300  # snapshots of the bulk scenario (real internal snapshots, ~14 s)
@@ -263,7 +264,7 @@ def test_awkward_names_and_descriptions(scenarios: Callable[[str], Scenario],
     assert_matches_libvirt(tmp_path / "state", scenario.view)
     tree = Store(tmp_path / "state").read_tree(kinds.SNAPSHOT, DOMAIN)
     for name, description in DESCRIPTIONS.items():
-        assert tree.by_name[name].element.findtext("description") == description
+        assert mapping.element(tree.by_name[name]).findtext("description") == description
 
 
 def test_300_snapshots(scenarios: Callable[[str], Scenario], snapstore: Callable[..., Result],

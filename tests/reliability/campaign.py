@@ -20,11 +20,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from snapstore import errors, kinds, legacydir, model
-from snapstore.formats import consolidated, legacy
-
 import samples
 from cliresult import Result
+
+from snapstore import errors, kinds, legacydir, model
+from snapstore.formats import consolidated, legacy
 
 MODE = os.environ.get("SNAPSTORE_RELIABILITY", "quick")
 FULL = MODE == "full"
@@ -98,7 +98,8 @@ def error_problems(result: Result, codes: tuple[int, ...] = (1, 2)) -> list[str]
 
 
 def assert_clear_error(result: Result, *needles: str, codes: tuple[int, ...] = (1, 2)) -> None:
-    problems = error_problems(result, codes) + [f"{needle!r} not said" for needle in needles if needle not in result.err]
+    problems = error_problems(result,
+                              codes) + [f"{needle!r} not said" for needle in needles if needle not in result.err]
     assert not problems, f"{'; '.join(problems)}:\n{result}"
 
 
@@ -239,7 +240,7 @@ class Actor(abc.ABC):
         except BaseException as e:  # raised again by join()
             self.error = e
 
-    def start(self) -> "Actor":
+    def start(self) -> Actor:
         self._thread.start()
         return self
 
@@ -270,7 +271,7 @@ class Versions(Actor):
     def act(self) -> None:
         for path in self.seen:
             try:
-                file = open(path, "rb")
+                file = open(path, "rb")  # noqa: SIM115 (opened here, used in the with below)
             except FileNotFoundError:
                 continue
             with file:

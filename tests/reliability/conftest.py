@@ -39,7 +39,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         campaign.FIGURES[DATA_LOST] += 1
     if "BUG:" in text:
         campaign.FIGURES["tests failing on a bug (BUG:)"] += 1
-        campaign.NOTES[f"BUG in {report.nodeid.split('tests/reliability/')[-1]}"] = text.split("BUG: ", 1)[1].split("\n")[0][:300]
+        campaign.NOTES[f"BUG in {report.nodeid.split('tests/reliability/')[-1]}"] = text.split("BUG: ",
+                                                                                               1)[1].split("\n")[0][:300]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

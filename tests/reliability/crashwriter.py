@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: samples
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import campaign  # noqa: E402
+
 from snapstore import cli, store  # noqa: E402
 from snapstore.formats import consolidated, legacy, xmlsafe  # noqa: E402,F401  (loaded before forking)
 

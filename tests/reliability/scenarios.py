@@ -15,6 +15,7 @@ from typing import Any
 
 import campaign
 from campaign import Sandbox
+
 from snapstore import cli, store
 
 

@@ -186,7 +186,8 @@ def inject(argv: list[str], log: Path, site: Site, error: str | None = None,
 
 
 @contextmanager
-def attach(pid: int, log: Path, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> Iterator[Callable[[], list[Call]]]:
+def attach(pid: int, log: Path, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> Iterator[Callable[[],
+                                                                                                          list[Call]]]:
     """strace attached to ``pid``'s main thread only (no -f: the daemon's
     watcher threads keep their own counters and are left alone)."""
     command = [part for part in _strace(log, names, extra) if part != "-f"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import campaign
 from campaign import Sandbox
 from daemonproc import Daemon, wait_for, write_config
+
 from snapstore import cli, fsio
 
 DOMAINS = ("vm1", "vm2", "vm3")
@@ -152,9 +153,9 @@ def test_daemon_and_four_writers_on_the_same_domains(sandbox: Sandbox, tmp_path:
             writer.finish(after=time.monotonic())
         final = {domain: campaign.consolidated_of(mutator.folder(domain), domain) for domain in DOMAINS}
         for domain in DOMAINS:
-            wait_for(lambda: sandbox.store_file(domain).read_bytes() == final[domain], 15,
-                     lambda: f"data: {domain}: the store never caught up with its folder (a lost update); "
-                             f"{daemon.describe()}")
+            wait_for(lambda d=domain: sandbox.store_file(d).read_bytes() == final[d], 15,
+                     lambda d=domain: f"data: {d}: the store never caught up with its folder (a lost update); "
+                                      f"{daemon.describe()}")
         seen = versions.stop()
         assert daemon.alive() and "Traceback" not in daemon.stderr(), daemon.describe()
         assert daemon.stop() == 0, daemon.describe()

@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import campaign
+import pytest
 import straced
 from campaign import Sandbox
 from daemonproc import Daemon, store_summary, view_summary, wait_for, write_config
 from scenarios import SCENARIOS, fresh
+
 from snapstore import store
 
 WRITER = Path(__file__).with_name("crashwriter.py")
@@ -59,7 +59,7 @@ class Frames:
     error: str | None
 
     @classmethod
-    def read(cls, log: Path) -> "Frames":
+    def read(cls, log: Path) -> Frames:
         lines = log.read_text().splitlines() if log.exists() else []
         begun = [int(line[2:]) for line in lines if line.startswith("B ")]
         ended = [int(line[2:]) for line in lines if line.startswith("E ")]

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import campaign
+import pytest
 import straced
 from campaign import Sandbox
 from daemonproc import Daemon, wait_for, write_config

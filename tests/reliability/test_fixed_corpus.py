@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import campaign
+import pytest
 import straced
 from campaign import Sandbox
 from daemonproc import Daemon, wait_for, write_config
+
 from snapstore import cli, fsio, legacydir
+from snapstore.formats import mapping
 
 SECRET = "SNAPSTORE-CORPUS-SECRET-4711"
 TIME_BOUND = 20.0  # seconds: a refusal is quick; a blow-up would not be
@@ -350,7 +351,7 @@ def test_file_replaced_while_being_read(sandbox: Sandbox, committed: bytes, monk
     assert cli.main(["-q", *sandbox.argv("consolidate", "vm1")]) == 0
     campaign.count("inputs tried (fixed corpus)")
     held = campaign.parse_store(sandbox.store_file().read_bytes()).by_name["s1"]
-    assert held.element.findtext("description") == "the new version", "the read overlapping a change was kept"
+    assert mapping.element(held).findtext("description") == "the new version", "the read overlapping a change was kept"
 
 
 def test_file_replaced_at_every_read(sandbox: Sandbox, committed: bytes, monkeypatch,
@@ -375,7 +376,8 @@ def test_files_flipping_while_consolidate_runs(sandbox: Sandbox, committed: byte
     """A thread replaces, truncates, removes and re-creates files as fast as it can while the real
     binary consolidates again and again: every run succeeds or fails with clear lines."""
     folder, stop = sandbox.libvirt / "vm1", threading.Event()
-    versions = [GOOD("s2", "s1", True), GOOD("s2", "s1", True)[:100], b"", GOOD("s2", "s1", True, description="x" * 5000)]
+    versions = [GOOD("s2", "s1", True), GOOD("s2", "s1", True)[:100], b"", GOOD("s2", "s1", True,
+                                                                                description="x" * 5000)]
 
     def flip() -> None:
         i = 0

@@ -13,11 +13,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import campaign
+import pytest
 from campaign import Sandbox
 from daemonproc import Daemon, wait_for, write_config
+
 from snapstore import cli
 
 # Generation 9 carries a 200 kB description: it cannot fit once the disk is full.

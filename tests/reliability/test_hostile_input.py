@@ -17,15 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from lxml import etree
-
 import campaign
 import fuzz_parsers
+import pytest
 from campaign import Sandbox
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
 from snapstore import cli, errors, kinds, legacydir, model, naming, store
-from snapstore.formats import consolidated, legacy, xmlsafe
+from snapstore.formats import consolidated, legacy, mapping, xmlsafe
 
 EXAMPLES = campaign.budget(60, 2000)
 FUZZ_SECONDS = campaign.budget(15, 600)
@@ -49,12 +50,12 @@ unknown = st.builds(lambda tag, text, attr: (tag, text, attr), st.sampled_from([
 
 
 @st.composite
-def trees(draw, kind: kinds.Kind = kinds.SNAPSHOT, domain_names=st.just("vm1")) -> model.Tree:
+def trees(draw, kind: kinds.Kind = kinds.SNAPSHOT, domain_names=st.just("vm1")) -> model.Tree:  # noqa: B008
     chosen = draw(st.lists(names, min_size=1, max_size=10, unique=True))
     moments = []
     for i, name in enumerate(chosen):
         parent = draw(st.one_of(st.none(), st.sampled_from(chosen[:i]))) if i else None
-        moments.append(model.Moment.from_element(_element(kind, name, parent, draw(descriptions),
+        moments.append(mapping.moment(_element(kind, name, parent, draw(descriptions),
                                                           draw(st.lists(unknown, max_size=2)), draw)))
     current = draw(st.one_of(st.none(), st.sampled_from(chosen)))
     return model.Tree(kind, draw(domain_names), moments, current)
@@ -110,18 +111,19 @@ def test_consolidated_round_trip_is_exact(tree: model.Tree) -> None:
 def test_legacy_round_trip_is_exact(tree: model.Tree, active: bool) -> None:
     campaign.count("inputs tried (hypothesis: trees)")
     for moment in tree.moments:
-        before = xmlsafe.canonical(moment.element)
+        before = xmlsafe.canonical(mapping.element(moment))
         entry = legacy.parse_legacy(legacy.format_legacy(moment, tree.kind, active), tree.kind, "again")
-        assert entry.active == active and xmlsafe.canonical(entry.moment.element) == before
+        assert entry.active == active and xmlsafe.canonical(mapping.element(entry.moment)) == before
 
 
 @PROPERTIES
-@given(st.lists(st.tuples(xml_text.filter(bool), st.one_of(st.none(), xml_text)), max_size=12), st.one_of(st.none(), xml_text))
+@given(st.lists(st.tuples(xml_text.filter(bool), st.one_of(st.none(), xml_text)), max_size=12), st.one_of(st.none(),
+                                                                                                          xml_text))
 def test_validation_never_crashes_on_any_parent_graph(edges, current) -> None:
     """Cycles, self-parents, duplicates, missing parents: problems, never an exception; a valid
     tree's order survives a round trip."""
     campaign.count("inputs tried (hypothesis: parent graphs)")
-    moments = [model.Moment.from_element(_element(kinds.SNAPSHOT, name, parent, None, [], lambda s: 0))
+    moments = [mapping.moment(_element(kinds.SNAPSHOT, name, parent, None, [], lambda s: 0))
                for name, parent in edges]
     tree = model.Tree(kinds.SNAPSHOT, "vm1", moments, current)
     problems = tree.validate()
@@ -139,10 +141,10 @@ def test_order_of_a_tree_with_a_duplicated_parent_ends() -> None:
     it). Every caller in snapstore validates first, and validate() skips the walk when names
     repeat: a trap for the next caller, not a failure today."""
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 29, 1 << 29))\n"
-            "from lxml import etree\nfrom snapstore import kinds, model\n"
+            "from lxml import etree\nfrom snapstore import kinds, model\nfrom snapstore.formats import mapping\n"
             "def m(name, parent):\n"
             "    e = etree.fromstring(f'<domainsnapshot><name>{name}</name>' + (f'<parent><name>{parent}</name></parent>' if parent else '') + '</domainsnapshot>')\n"
-            "    return model.Moment.from_element(e)\n"
+            "    return mapping.moment(e)\n"
             "print(len(model.Tree(kinds.SNAPSHOT, 'vm1', [m('a', None), m('a', 'a')]).topological()))\n")
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3)
@@ -193,9 +195,9 @@ def test_text_in_the_root_survives_active() -> None:
     never changes). libvirt writes no text in the root, a hand-edited or hostile file may."""
     data = b"<domainsnapshot><name>a</name>x<active>1</active>y</domainsnapshot>"
     entry = legacy.parse_legacy(data, kinds.SNAPSHOT, "file")
-    parsed = "".join(entry.moment.element.itertext())
+    parsed = "".join(mapping.element(entry.moment).itertext())
     again = legacy.parse_legacy(legacy.format_legacy(entry.moment, kinds.SNAPSHOT, True), kinds.SNAPSHOT, "again")
-    round_trip = "".join(again.moment.element.itertext())
+    round_trip = "".join(mapping.element(again.moment).itertext())
     assert (parsed, round_trip) == ("axy", "axy"), (
         "BUG: text directly in a legacy file's root does not survive <active>: "
         "formats/legacy._remove_keeping_tail replaces the text before <active> with the text after it "
@@ -232,7 +234,8 @@ def test_folder_round_trip_through_the_commands(tmp_path_factory, tree: model.Tr
     assert cli.main(["-q", *sandbox.argv("expand", "--into", str(out), "--", tree.domain)]) == 0
     written = {name: xmlsafe.canonical(xmlsafe.parse_bytes(data, name, 1 << 20))
                for name, data in campaign.tree_listing(out / tree.domain).items()}
-    assert written == {name: xmlsafe.canonical(xmlsafe.parse_bytes(data, name, 1 << 20)) for name, data in files.items()}
+    assert written == {name: xmlsafe.canonical(xmlsafe.parse_bytes(data, name, 1 << 20)) for name,
+                       data in files.items()}
     assert sorted(os.listdir(out)) == [tree.domain], "expand wrote beside the domain folder"
     assert sorted(os.listdir(sandbox.libvirt)) == [tree.domain]
 

@@ -19,12 +19,12 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import campaign
+import pytest
 import straced
 from campaign import Sandbox
 from daemonproc import Daemon, wait_for, write_config
+
 from snapstore import errors, legacydir, model
 from snapstore.formats import legacy
 

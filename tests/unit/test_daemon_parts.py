@@ -9,7 +9,7 @@ from pathlib import Path
 from watchdog import events
 
 from snapstore import kinds
-from snapstore.daemon import debounce, logs, notify, watcher
+from snapstore.daemon import debounce, logs, messages, notify, watcher
 
 
 def test_a_key_is_due_after_a_quiet_period_since_its_last_touch() -> None:
@@ -69,8 +69,8 @@ def test_log_fields_are_journald_names() -> None:
     assert len(ids) == len(set(ids)) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 
 
-def events_for(*raw: events.FileSystemEvent) -> list[tuple]:
-    sink: queue.SimpleQueue = queue.SimpleQueue()
+def events_for(*raw: events.FileSystemEvent) -> list[messages.Message]:
+    sink: queue.SimpleQueue[messages.Message] = queue.SimpleQueue()
     handler = watcher._Handler(kinds.SNAPSHOT, Path("/r"), sink)
     for event in raw:
         handler.dispatch(event)
@@ -81,16 +81,16 @@ def events_for(*raw: events.FileSystemEvent) -> list[tuple]:
 
 
 def test_libvirt_writes_map_to_their_domain_and_temps_are_ignored() -> None:
-    key = ("domain", kinds.SNAPSHOT, "vm1")
+    key = (kinds.SNAPSHOT, "vm1")
     assert events_for(events.FileCreatedEvent("/r/vm1/s1.xml.new"),
                       events.FileModifiedEvent("/r/vm1/s1.xml.new")) == []
-    assert events_for(events.FileMovedEvent("/r/vm1/s1.xml.new", "/r/vm1/s1.xml")) == [(*key, "s1.xml")]
-    assert events_for(events.FileDeletedEvent("/r/vm1/s1.xml")) == [(*key, "s1.xml")]
-    assert events_for(events.DirDeletedEvent("/r/vm1")) == [(*key, None)]
+    assert events_for(events.FileMovedEvent("/r/vm1/s1.xml.new", "/r/vm1/s1.xml")) == [messages.Changed(*key, "s1.xml")]
+    assert events_for(events.FileDeletedEvent("/r/vm1/s1.xml")) == [messages.Changed(*key, "s1.xml")]
+    assert events_for(events.DirDeletedEvent("/r/vm1")) == [messages.Changed(*key, None)]
     assert events_for(events.FileCreatedEvent("/r/vm1/notes.txt"),
                       events.DirCreatedEvent("/r/.snapstore-tmp-1-ab\x01"),
                       events.FileCreatedEvent("/r/vm1/sub/deep.xml"),
                       events.DirModifiedEvent("/r")) == []
     # Without the mark no XML can carry, the name is a domain's (libvirt accepts it).
     assert events_for(events.DirCreatedEvent("/r/.snapstore-tmp-1-ab")) == [
-        ("domain", kinds.SNAPSHOT, ".snapstore-tmp-1-ab", None)]
+        messages.Changed(kinds.SNAPSHOT, ".snapstore-tmp-1-ab", None)]

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+import samples
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from snapstore import errors, kinds, model
-from snapstore.formats import consolidated, legacy, xmlsafe
-
-import samples
+from snapstore.formats import consolidated, legacy, mapping, xmlsafe
 
 SNAP = kinds.SNAPSHOT
 
@@ -21,7 +21,7 @@ def test_legacy_round_trip_keeps_header_active_and_content() -> None:
     data = samples.snapshot_xml("s1", "s0", active=True, description="d")
     entry = parse(data)
     assert entry.active and entry.moment.name == "s1" and entry.moment.parent == "s0"
-    assert entry.moment.element.find("active") is None
+    assert mapping.element(entry.moment).find("active") is None
     out = legacy.format_legacy(entry.moment, SNAP, active=True)
     assert out.replace(b'"', b"'") == data  # only the attribute quote style may differ
 
@@ -30,7 +30,7 @@ def test_legacy_format_can_move_the_active_marker() -> None:
     entry = parse(samples.snapshot_xml("s1", active=True))
     out = legacy.format_legacy(entry.moment, SNAP, active=False)
     assert out.endswith(b"  <active>0</active>\n</domainsnapshot>\n")
-    assert entry.moment.element.find("active") is None  # the model is left as it was
+    assert mapping.element(entry.moment).find("active") is None  # the model is left as it was
 
 
 def test_unknown_elements_survive_both_formats() -> None:
@@ -38,8 +38,8 @@ def test_unknown_elements_survive_both_formats() -> None:
     entry = parse(samples.snapshot_xml("s1", extra=extra))
     tree = model.Tree(SNAP, "vm1", [entry.moment], "s1")
     back = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c")
-    assert back.moments[0].element.find("future/snapshotDeleteInProgress") is not None
-    assert xmlsafe.canonical(back.moments[0].element) == xmlsafe.canonical(parse(samples.snapshot_xml("s1", extra=extra)).moment.element)
+    assert mapping.element(back.moments[0]).find("future/snapshotDeleteInProgress") is not None
+    assert xmlsafe.canonical(mapping.element(back.moments[0])) == xmlsafe.canonical(mapping.element(parse(samples.snapshot_xml("s1", extra=extra)).moment))
 
 
 @pytest.mark.parametrize("description", ["   ", "\n\n  \n", "a & b < c > d \"q\" 'q'", " lead", "tab\there", "é快"])
@@ -48,9 +48,9 @@ def test_description_text_comes_back_exactly(description: str) -> None:
     tree = model.Tree(SNAP, "vm1", [entry.moment], None)
     data = consolidated.format_consolidated(tree)
     back = consolidated.parse_consolidated(data, SNAP, "c").moments[0]
-    assert back.element.findtext("description") == description
+    assert mapping.element(back).findtext("description") == description
     again = parse(legacy.format_legacy(back, SNAP, active=False))
-    assert again.moment.element.findtext("description") == description
+    assert mapping.element(again.moment).findtext("description") == description
 
 
 def test_consolidated_is_canonical_and_byte_identical() -> None:
@@ -144,7 +144,7 @@ def test_consolidated_moments_are_bytes_and_reparse_to_the_same_tree() -> None:
     tree = model.Tree(SNAP, "vm1", [parse(f).moment for f in files], "s2")
     again = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c")
     assert [m.body for m in again.topological()] == [m.body for m in tree.topological()]
-    assert all(isinstance(m.body, bytes) and m.element.findtext("name") == m.name for m in again.moments)
+    assert all(isinstance(m.body, bytes) and mapping.element(m).findtext("name") == m.name for m in again.moments)
     for m in again.topological():
         back = parse(legacy.format_legacy(m, SNAP, m.name == "s2"))
         assert (back.moment.body, back.active) == (m.body, m.name == "s2")
@@ -181,8 +181,8 @@ def test_any_text_round_trips_through_both_formats(name: str, description: str) 
     back = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c")
     assert back.current == name and back.moments[0].name == name
     again = parse(legacy.format_legacy(back.moments[0], SNAP, active=True))
-    assert again.active and xmlsafe.canonical(again.moment.element) == xmlsafe.canonical(entry.moment.element)
-    assert again.moment.element.findtext("description") == description
+    assert again.active and xmlsafe.canonical(mapping.element(again.moment)) == xmlsafe.canonical(mapping.element(entry.moment))
+    assert mapping.element(again.moment).findtext("description") == description
 
 
 def test_mixed_content_whitespace_is_kept_by_serialize_and_canonical() -> None:
@@ -190,7 +190,7 @@ def test_mixed_content_whitespace_is_kept_by_serialize_and_canonical() -> None:
     entry = parse(samples.snapshot_xml("s1", extra=extra))
     tree = model.Tree(SNAP, "vm1", [entry.moment], None)
     back = consolidated.parse_consolidated(consolidated.format_consolidated(tree), SNAP, "c").moments[0]
-    mixed = back.element.find("metadata/{urn:a}x")
+    mixed = mapping.element(back).find("metadata/{urn:a}x")
     assert [mixed.text, mixed[0].tail, mixed[1].tail] == ["a", " ", "b"]
     flat = etree.fromstring(b"<domainsnapshot><name>s</name><metadata><x xmlns='urn:a'>a<y/> <z/>b</x>"
                             b"</metadata></domainsnapshot>")

@@ -1,18 +1,18 @@
 """libvirt's RNG validation, each distinct embedded definition validated once."""
 from __future__ import annotations
 
+import samples
 from lxml import etree
 
-from snapstore.check import schema
-from snapstore.formats import legacy
 from snapstore import kinds
-
-import samples
+from snapstore.check import schema
+from snapstore.formats import legacy, mapping
 
 
 def element(name: str, extra: str = "", state: str = "shutoff") -> etree._Element:
-    data = samples.snapshot_xml(name, extra=extra).replace(b"<state>shutoff</state>", f"<state>{state}</state>".encode())
-    return legacy.parse_legacy(data, kinds.SNAPSHOT, name).moment.element
+    data = samples.snapshot_xml(name, extra=extra).replace(b"<state>shutoff</state>",
+                                                           f"<state>{state}</state>".encode())
+    return mapping.element(legacy.parse_legacy(data, kinds.SNAPSHOT, name).moment)
 
 
 def test_shared_definition_is_validated_once_and_other_parts_every_time() -> None:

@@ -12,12 +12,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+import samples
+from hypothesis import given
+from hypothesis import strategies as st
 
 from snapstore import codes, errors, fsio, kinds, model, naming, store
 from snapstore.formats import consolidated, legacy
-
-import samples
 
 SNAP = kinds.SNAPSHOT
 
@@ -176,9 +176,8 @@ def test_lock_times_out_with_a_clear_error(state: store.Store) -> None:
         held.wait(5)
         with pytest.raises(errors.LockTimeout, match="lock held by another snapstore process for 0.3 s"):
             state.replace(tree_of(("a", None)))
-        with pytest.raises(errors.LockTimeout):
-            with state.lock(SNAP, "vm1"):
-                pass
+        with pytest.raises(errors.LockTimeout), state.lock(SNAP, "vm1"):
+            pass
     finally:
         release.set()
         thread.join()

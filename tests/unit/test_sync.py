@@ -5,12 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import samples
 
 from snapstore import config, fsio, kinds, store
 from snapstore.daemon import sync
-from snapstore.formats import legacy
-
-import samples
+from snapstore.formats import legacy, mapping
 
 KEY = (kinds.SNAPSHOT, "vm1")
 
@@ -134,7 +133,7 @@ def test_a_change_whose_event_has_not_arrived_is_still_read(env) -> None:
     synchronizer.sync(KEY)
     plant(folder, "a.xml", samples.snapshot_xml("a", None, active=True, description="no event yet"))
     assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED
-    assert synchronizer.store.read_tree(*KEY).by_name["a"].element.findtext("description") == "no event yet"
+    assert mapping.element(synchronizer.store.read_tree(*KEY).by_name["a"]).findtext("description") == "no event yet"
 
 
 def test_start_guard_keeps_a_store_file_libvirt_lost(env) -> None:

@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+import samples
 
 from snapstore import cli, kinds, store
-
-import samples
 
 
 @pytest.fixture
