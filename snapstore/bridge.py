@@ -54,8 +54,9 @@ def connect(uri: str) -> Host:
         # libvirt 9.0: one embedded root per process (DESIGN §7), and once it
         # is open, qemu:/// URIs reach that in-process driver ("Missing URI
         # parameter 'root'") and qemu+unix:// finds no driver at all.
-        raise errors.UsageError(reason=f"{uri}: this process already opened the embedded root "
-                                       f"{_Process.embedded_root}, after which libvirt opens no other URI")
+        raise errors.ConnectionFailed(uri=uri, reason=f"this process already opened the embedded root "
+                                                     f"{_Process.embedded_root}, after which libvirt opens "
+                                                     "no other URI")
     _start_event_loop()
     try:
         conn = libvirt.open(uri)

@@ -15,7 +15,7 @@ DEFAULT_PATH = Path("/etc/snapstore/snapstore.toml")
 
 
 class Config(typing.NamedTuple):
-    """Every setting; a NamedTuple, as dataclasses would cost each command ~13 ms to import."""
+    """Every setting; a NamedTuple: every command builds one, and dataclasses cost more to import."""
 
     # libvirt's system qemu driver roots (DESIGN §1).
     libvirt_dir: Path = Path("/var/lib/libvirt/qemu/snapshot")

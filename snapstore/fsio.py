@@ -219,7 +219,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = Tru
             raise errors.WriteError(path=path, reason=reason(e)) from e
         # Held open across the rename: the kernel then frees the old file's
         # blocks when it is closed, after the commit, not inside the rename
-        # (7 ms for a 7 MB file on ext4, the commit's visible latency).
+        # (where a large file's freeing would add to the commit's latency).
         with _held_open(dir_fd, path.name):
             try:
                 os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -7,6 +7,7 @@ bulk parser (virDomainSnapshotObjListParse, 2019) refuses a whole list.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Iterator
 
 from snapstore import codes, kinds
@@ -63,9 +64,11 @@ class Tree:
         Moments caught in a cycle are never reached; validate() reports them.
         A tree is not changed once built, so the order is computed once.
         """
-        if "_order" not in self.__dict__:
-            self.__dict__["_order"] = self._walk()
-        return list(self.__dict__["_order"])
+        return list(self._order)
+
+    @functools.cached_property
+    def _order(self) -> list[Moment]:
+        return self._walk()
 
     def _walk(self) -> list[Moment]:
         children = self.children()
@@ -87,10 +90,14 @@ class Tree:
 
     def validate(self, expected_uuid: str | None = None) -> list[codes.Problem]:
         """Every broken rule (computed once per expected uuid: a tree is not changed once built)."""
-        memo = self.__dict__.setdefault("_validated", {})
+        memo = self._validated
         if expected_uuid not in memo:
             memo[expected_uuid] = self._problems(expected_uuid)
         return list(memo[expected_uuid])
+
+    @functools.cached_property
+    def _validated(self) -> dict[str | None, list[codes.Problem]]:
+        return {}
 
     def _problems(self, expected_uuid: str | None) -> list[codes.Problem]:
         return [

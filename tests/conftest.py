@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from lab import Lab  # noqa: E402
+from support.folders import env  # noqa: E402,F401  (a fixture: a committed vm1 to damage)
 
 
 @pytest.fixture

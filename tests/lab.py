@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import labcheckpoints
+from support import cli as support_cli
+from support.cli import Result
 
 WORKER = Path(__file__).with_name("labworker.py")
 TIMEOUT_SECONDS = 120  # no pytest-timeout here: every subprocess is bounded instead
@@ -227,20 +229,8 @@ class Lab:
         labcheckpoints.stop_all(self.root)
 
 
-@dataclass
-class Run:
-    rc: int
-    out: str
-    err: str
-
-
-def snapstore(*args: str, stdin: str | None = None) -> Run:
+def snapstore(*args: str, stdin: str | None = None) -> Result:
     """The snapstore command line in a fresh process, as an operator runs it:
     libvirt lets a process open one embedded root, once, so tests that reach
     an embedded root through snapstore cannot call cli.main() in-process."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "snapstore", *args], input=stdin,
-                              capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        raise LabError(f"snapstore {' '.join(args)} timed out after {TIMEOUT_SECONDS} s") from None
-    return Run(proc.returncode, proc.stdout, proc.stderr)
+    return support_cli.console(args, timeout=TIMEOUT_SECONDS, stdin=stdin)

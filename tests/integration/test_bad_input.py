@@ -13,113 +13,33 @@ script with a subprocess timeout.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import samples
+from support import cli as support_cli
+from support.cli import Result, assert_clean_failure
+from support.folders import Env
 
-from snapstore import cli, codes, kinds, model
+from snapstore import codes, kinds, model
 from snapstore.formats import consolidated, legacy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import samples  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / ".venv" / "bin" / "snapstore"
 LIBVIRTD_PIDFILE = Path("/run/libvirt/libvirtd.pid")
 SUBPROCESS_TIMEOUT = 30
-PREFIX = "snapstore: "
-from cliresult import Result  # noqa: E402
+PREFIX = support_cli.PREFIX
 
 # --------------------------------------------------------------------------- harness
+# Env, the `env` fixture (vm1: s1 <- s2 <- s3 committed) and assert_clean_failure: tests/support.
 
-@dataclasses.dataclass
-class Env:
-    tmp: Path
-    libvirt: Path      # snapshot root, holds vm1/
-    state: Path
-    config: Path       # an empty TOML file: defaults only, whatever the host has in /etc
-    good: bytes = b""  # the committed consolidated file of vm1
-
-    @property
-    def folder(self) -> Path:
-        return self.libvirt / "vm1"
-
-    @property
-    def store_file(self) -> Path:
-        return self.state / "snapshots" / "vm1.xml"
-
-    def argv(self, *args: str, state: Path | None = None) -> list[str]:
-        return ["--config", str(self.config), "--libvirt-dir", str(self.libvirt),
-                "--state-dir", str(state or self.state), *args]
-
-    def assert_store_unchanged(self) -> None:
-        assert self.store_file.read_bytes() == self.good, \
-            f"{self.store_file} changed after a refused run (DESIGN §3: the old file stays untouched)"
-        leftovers = [p.name for p in self.store_file.parent.iterdir() if p.name != "vm1.xml"]
-        assert not leftovers, f"temp files left in the store: {leftovers}"
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Result:
-    capsys.readouterr()
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
+run = support_cli.in_process
 
 
 def run_script(argv: list[str], timeout: float = SUBPROCESS_TIMEOUT) -> Result:
-    """The real console script; a hang fails the test instead of blocking the run."""
-    try:
-        done = subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"snapstore {' '.join(argv)} did not finish within {timeout} s (it blocked)")
-    return Result(done.returncode, done.stdout, done.stderr)
-
-
-def assert_clean_failure(result: Result, code: int, expected: list[tuple[str | tuple[str, ...], ...]]) -> None:
-    """Exit ``code``; stderr is one ``snapstore: `` line per expected problem.
-
-    Each entry of ``expected`` is a group of substrings that must all appear in
-    one and the same error line (the file or snapshot, and the rule); every
-    error line matches exactly one group (a tuple inside a group lists
-    acceptable alternatives). Warnings may accompany the errors
-    but must be single ``snapstore: warning: `` lines too.
-    """
-    context = f"exit {result.code}\n--- stderr ---\n{result.err}--- stdout ---\n{result.out}"
-    assert "Traceback" not in result.err, f"a traceback reached stderr:\n{context}"
-    assert "internal error" not in result.err, f"an unexpected exception was reported:\n{context}"
-    assert result.code == code, f"expected exit {code}:\n{context}"
-    for line in result.lines:
-        assert line.startswith(PREFIX), f"stderr line does not start with {PREFIX!r}: {line!r}\n{context}"
-    unmatched = list(result.errors)
-    for group in expected:
-        hits = [line for line in unmatched if all(_holds(line, part) for part in group)]
-        assert hits, f"no error line holds all of {group}:\n{context}"
-        unmatched.remove(hits[0])
-    assert not unmatched, f"expected exactly {len(expected)} error line(s), got extra {unmatched}:\n{context}"
-
-
-def _holds(line: str, part: str | tuple[str, ...]) -> bool:
-    """``part`` is a substring, or a tuple of acceptable alternatives."""
-    return any(alt in line for alt in part) if isinstance(part, tuple) else part in line
-
-
-@pytest.fixture
-def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Env:
-    config = tmp_path / "empty.toml"
-    config.write_text("")
-    env = Env(tmp_path, tmp_path / "libvirt", tmp_path / "state", config)
-    samples.write_folder(env.folder, [("s1", None), ("s2", "s1"), ("s3", "s2")], current="s3")
-    result = run(capsys, env.argv("consolidate", "vm1"))
-    assert result.code == 0 and result.err == "", result
-    env.good = env.store_file.read_bytes()
-    assert b"current=\"s3\"" in env.good
-    return env
+    return support_cli.console(argv, timeout=timeout)
 
 
 def folder_state(folder: Path) -> dict[str, tuple[int, int, int, bytes]]:

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import Lab, LabError, Run, View, snapstore
+from lab import Lab, LabError, View, snapstore
 from lxml import etree
+from support.cli import Result
 
 from snapstore.formats import xmlsafe
 
@@ -95,7 +96,7 @@ def _build_small(lab: Lab, domain: str, definition: str | None = None) -> View:
 
 def _dump_to_file(lab: Lab, domain: str, path: Path) -> Path:
     result = snapstore("dump", domain, "--connect", lab.uri, "-o", str(path))
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     return path
 
@@ -123,7 +124,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Source:
     assert view.current == "a" and view.parents["x"] == "a" and view.parents["z"] == "r"
     # -o - : the dump on stdout, nothing else there.
     result = snapstore("dump", domain, "--connect", lab.uri, "-o", "-")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert result.out.startswith("<?xml version='1.0' encoding='UTF-8'?>\n<snapshots current=\"a\"")
     (work / "dump.xml").write_text(result.out)
     return Source(lab, domain, view, work / "dump.xml")
@@ -154,7 +155,7 @@ def listed(names: list[str]) -> str:
     return ", ".join(map(repr, names))
 
 
-def restore(source: Source, target: Lab, *options: str) -> Run:
+def restore(source: Source, target: Lab, *options: str) -> Result:
     return snapstore("restore", source.domain, "--connect", target.uri, "--from", str(source.dump), *options)
 
 
@@ -175,14 +176,14 @@ def test_restore_300_into_another_host(bulk: Source, system: SystemHost) -> None
     system.define_xml(bulk.lab.domain_xml(bulk.domain))
 
     dry = restore(bulk, system, "--dry-run")
-    assert dry.rc == 0, dry.err
+    assert dry.code == 0, dry.err
     assert "300 to define, 0 to replace, 0 already present, would mark é快 current; nothing changed" in dry.out
     assert system.view(bulk.domain).names == []
 
     started = time.monotonic()
     result = restore(bulk, system)
     seconds = time.monotonic() - started
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     print(f"\nrestore of 300 snapshots into {SYSTEM_URI}: {seconds:.2f} s (process included)")
     assert f"300 snapshots restored to {SYSTEM_URI}: 300 defined, 0 replaced, 0 already present, current é快" \
         in result.out
@@ -191,7 +192,7 @@ def test_restore_300_into_another_host(bulk: Source, system: SystemHost) -> None
     assert_same_view(system.view(bulk.domain), bulk.view)
 
     again = restore(bulk, system, "--json")
-    assert again.rc == 0, again.err
+    assert again.code == 0, again.err
     report = json.loads(again.out)
     assert (report["complete"], report["defined"], report["failed"]) == (True, [], None)
     assert sorted(report["skipped"]) == sorted(bulk.view.names)
@@ -217,7 +218,7 @@ def test_killed_restore_finishes_on_rerun(bulk: Source, system: SystemHost) -> N
     assert 100 <= len(partial.names) < 300 and partial.current is None
 
     result = restore(bulk, system)
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     defined = 300 - len(partial.names)
     assert f"{defined} defined, 0 replaced, {len(partial.names)} already present" in result.out
     assert_same_view(system.view(bulk.domain), bulk.view)
@@ -234,7 +235,7 @@ def test_rejected_snapshot_reports_each_fate_and_rerun_finishes(small: Source, s
     broken.write(str(broken_path))
 
     result = snapstore("restore", small.domain, "--connect", system.uri, "--from", str(broken_path))
-    assert result.rc == 1
+    assert result.code == 1
     assert result.out == ""
     prefix = f"snapstore: {small.domain}: "
     assert result.err.splitlines() == [
@@ -250,7 +251,7 @@ def test_rejected_snapshot_reports_each_fate_and_rerun_finishes(small: Source, s
     assert sorted(partial.names) == ["a", "b", "c", "r"] and partial.current is None
 
     again = restore(small, system, "--json")
-    assert again.rc == 0, again.err
+    assert again.code == 0, again.err
     report = json.loads(again.out)
     assert report["defined"] == ["x", "y", "z"]
     assert report["skipped"] == ["r", "a", "b", "c"]
@@ -261,7 +262,7 @@ def test_failure_json_names_each_fate(small: Source, system: SystemHost) -> None
     system.define_xml(small.lab.domain_xml(small.domain))
     with squatter(small.domain, "b"):
         result = restore(small, system, "--json")
-    assert result.rc == 1
+    assert result.code == 1
     report = json.loads(result.out)
     assert report["complete"] is False
     assert (report["defined"], report["not_tried"]) == (["r", "a"], ["c", "x", "y", "z"])
@@ -275,14 +276,14 @@ def test_uuid_mismatch_is_refused_and_rewrite_uuid_restores(small: Source, syste
     assert other_uuid != source_uuid
 
     refused = restore(small, system)
-    assert refused.rc == 1
+    assert refused.code == 1
     assert refused.err == (f"snapstore: {small.domain}: the snapshots belong to domain uuid {source_uuid}, but "
                            f"{small.domain} on {SYSTEM_URI} has uuid {other_uuid}; nothing changed (pass "
                            "--rewrite-uuid to rewrite the uuid in each snapshot)\n")
     assert system.view(small.domain).names == []
 
     result = restore(small, system, "--rewrite-uuid")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     restored = system.view(small.domain)
     rewritten = View(small.view.names, small.view.parents, small.view.current,
                      {name: xml.replace(source_uuid, other_uuid) for name, xml in small.view.xml.items()})
@@ -290,7 +291,7 @@ def test_uuid_mismatch_is_refused_and_rewrite_uuid_restores(small: Source, syste
     assert all(f"<uuid>{other_uuid}</uuid>" in xml for xml in restored.xml.values())
 
     again = restore(small, system, "--rewrite-uuid")  # idempotent after the rewrite too
-    assert again.rc == 0 and "0 defined, 0 replaced, 7 already present" in again.out
+    assert again.code == 0 and "0 defined, 0 replaced, 7 already present" in again.out
 
 
 def test_different_snapshot_is_refused_unless_replace(small: Source, system: SystemHost) -> None:
@@ -300,13 +301,13 @@ def test_different_snapshot_is_refused_unless_replace(small: Source, system: Sys
     system.redefine(small.domain, etree.tostring(changed, encoding="unicode"))
 
     refused = restore(small, system)
-    assert refused.rc == 1
+    assert refused.code == 1
     assert refused.err == (f"snapstore: {small.domain}: 1 snapshots on {SYSTEM_URI} differ from the file: 'r'; "
                            "nothing changed (pass --replace to redefine them)\n")
     assert system.view(small.domain).names == ["r"]
 
     result = restore(small, system, "--replace")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert "6 defined, 1 replaced, 0 already present, current a" in result.out
     assert_same_view(system.view(small.domain), small.view)
 
@@ -315,7 +316,7 @@ def test_snapshots_only_on_the_target_are_left_alone(small: Source, system: Syst
     system.define_xml(small.lab.domain_xml(small.domain))
     system.redefine(small.domain, small.view.xml["r"].replace("<name>r</name>", "<name>local</name>", 1))
     result = snapstore("restore", small.domain, "--connect", system.uri, "--from", "-", stdin=small.dump.read_text())
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert f"1 snapshots on {SYSTEM_URI} are not in the file, left alone: 'local'" in result.err
     assert sorted(system.view(small.domain).names) == sorted([*small.view.names, "local"])
 
@@ -333,7 +334,7 @@ def secret_source(tmp_path: Path) -> Source:
     return Source(lab, domain, view, tmp_path / "dump.xml")
 
 
-def transfer(source: Source, target: Lab, state: Path, *options: str) -> Run:
+def transfer(source: Source, target: Lab, state: Path, *options: str) -> Result:
     return snapstore("--state-dir", str(state), "transfer", source.domain, "--from", source.lab.uri,
                      "--to", target.uri, *options)
 
@@ -345,7 +346,7 @@ def test_transfer_moves_everything_secrets_included_and_clears_the_source(
 
     result = transfer(source, system, tmp_path / "state", "--delete-source-metadata", "-o", str(source.dump),
                       "--json")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["dump"]["path"] == str(source.dump) and report["dump"]["count"] == 7
     assert report["restore"]["complete"] is True
@@ -369,7 +370,7 @@ def test_failed_restore_keeps_source_metadata_and_dump(secret_source: Source, sy
     system.define_xml(source.lab.domain_xml(source.domain))
     with squatter(source.domain, "x"):
         failed = transfer(source, system, state, "--delete-source-metadata")
-    assert failed.rc == 1
+    assert failed.code == 1
     assert "failed: 'x' (redefine): internal error: unable to save metadata for snapshot x" in failed.err
     # By default the dump goes to the attic, which nothing rewrites (the daemon
     # keeps the store's own file in step with the local folder).
@@ -382,7 +383,7 @@ def test_failed_restore_keeps_source_metadata_and_dump(secret_source: Source, sy
     assert stat.S_IMODE(dump.stat().st_mode) == 0o600
 
     finished = transfer(source, system, state, "--delete-source-metadata")
-    assert finished.rc == 0, finished.err
+    assert finished.code == 0, finished.err
     assert "3 defined, 0 replaced, 4 already present, current a" in finished.out
     assert f"metadata of 7 snapshots deleted from {source.lab.uri} (disk images untouched)" in finished.out
     assert source.lab.view(source.domain).names == []
@@ -422,12 +423,12 @@ class squatter:
 ])
 def test_usage_and_environment_errors_exit_2(command: list[str], message: str, tmp_path: Path) -> None:
     result = snapstore("--state-dir", str(tmp_path / "state"), *command)
-    assert (result.rc, result.err, result.out) == (2, message, "")
+    assert (result.code, result.err, result.out) == (2, message, "")
 
 
 def test_unreachable_libvirt_is_one_line(tmp_path: Path) -> None:
     result = snapstore("dump", "vm1", "--connect", f"qemu+unix:///system?socket={tmp_path}/none")
-    assert result.rc == 2
+    assert result.code == 2
     assert result.err.startswith(f"snapstore: qemu+unix:///system?socket={tmp_path}/none: cannot connect to "
                                  "libvirt: ")
     assert len(result.err.splitlines()) == 1 and "Traceback" not in result.err
@@ -435,14 +436,14 @@ def test_unreachable_libvirt_is_one_line(tmp_path: Path) -> None:
 
 def test_restore_without_a_dump_names_what_is_missing(tmp_path: Path) -> None:
     result = snapstore("--state-dir", str(tmp_path / "state"), "restore", "vm1", "--connect", SYSTEM_URI)
-    assert result.rc == 2
+    assert result.code == 2
     assert result.err == (f"snapstore: vm1: unknown domain: no consolidated file {tmp_path}/state/snapshots/"
                           "vm1.xml (dump it first, or name one with --from)\n")
 
 
 def test_file_of_another_domain_is_refused(small: Source) -> None:
     result = snapstore("restore", "other", "--connect", SYSTEM_URI, "--from", str(small.dump))
-    assert result.rc == 1
+    assert result.code == 1
     assert result.err == f"snapstore: other: {small.dump} holds the snapshots of domain {small.domain!r}\n"
 
 
@@ -450,16 +451,16 @@ def test_dump_of_an_emptied_domain_never_replaces_the_store(small: Source, syste
                                                             tmp_path: Path) -> None:
     state = tmp_path / "state"
     system.define_xml(small.lab.domain_xml(small.domain))
-    assert restore(small, system).rc == 0
-    assert snapstore("--state-dir", str(state), "dump", small.domain, "--connect", system.uri).rc == 0
+    assert restore(small, system).code == 0
+    assert snapstore("--state-dir", str(state), "dump", small.domain, "--connect", system.uri).code == 0
     store_file = state / "snapshots" / f"{small.domain.replace(' ', '%20')}.xml"
     kept = store_file.read_bytes()
     system.delete(small.domain, "r", children=True, metadata_only=True)
 
     refused = snapstore("--state-dir", str(state), "dump", small.domain, "--connect", system.uri)
-    assert refused.rc == 1
+    assert refused.code == 1
     assert f"{SYSTEM_URI} reports no snapshots but the store holds 7; not replacing them" in refused.err
     assert store_file.read_bytes() == kept
     allowed = snapstore("--state-dir", str(state), "dump", small.domain, "--connect", system.uri, "--allow-empty")
-    assert allowed.rc == 0, allowed.err
+    assert allowed.code == 0, allowed.err
     assert b"<snapshot" in store_file.read_bytes() and b"<domainsnapshot>" not in store_file.read_bytes()

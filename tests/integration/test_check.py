@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliresult import Result
 from lab import Lab
 from lxml import etree
+from support import cli as support_cli
+from support.cli import Result
 
 from snapstore import cli, codes, fsio, naming
 from snapstore.check import disks
@@ -205,12 +206,7 @@ def validate_json(result: Result) -> None:
 
 def run_script(env: Env, *args: str, prefix: tuple[str, ...] = ()) -> Result:
     """The real console script; a hang fails the test instead of blocking the run."""
-    try:
-        done = subprocess.run([*prefix, str(SCRIPT), *env.argv(*args)], capture_output=True, text=True,
-                              timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"snapstore check did not finish within {SUBPROCESS_TIMEOUT} s (it blocked)")
-    result = Result(done.returncode, done.stdout, done.stderr)
+    result = support_cli.console(env.argv(*args), timeout=SUBPROCESS_TIMEOUT, prefix=prefix)
     assert "Traceback" not in result.err, f"check crashed:\n{result}"
     if "--json" in args:
         validate_json(result)

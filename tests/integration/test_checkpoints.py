@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliresult import Result
 from daemonproc import Daemon, read_store, store_path, wait_for, write_config
 from lab import CheckpointView, Lab, LabError, snapstore
 from lxml import etree
+from support import cli as support_cli
+from support.cli import Result
 
-from snapstore import cli, codes, errors, kinds, legacydir, naming
+from snapstore import codes, errors, kinds, legacydir, naming
 from snapstore.formats import consolidated, mapping, xmlsafe
 from snapstore.store import Store
 
@@ -220,11 +221,8 @@ def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
     """run(env, COMMAND...): the command line in-process (these commands never open libvirt)."""
 
     def invoke(env: Env, *command: str) -> Result:
-        capsys.readouterr()
-        code = cli.main(env.argv(*command))
-        out, err = capsys.readouterr()
-        result = Result(code, out, err)
-        assert "Traceback" not in err and "internal error" not in err, str(result)
+        result = support_cli.in_process(capsys, env.argv(*command))
+        assert "Traceback" not in result.err and "internal error" not in result.err, str(result)
         return result
 
     return invoke
@@ -501,7 +499,7 @@ def system(tmp_path: Path) -> Iterator[Callable[[Lab, str], Lab]]:
 
 def json_run(*args: str) -> dict[str, Any]:
     result = snapstore(*args, "--json")
-    assert result.rc == 0, f"snapstore {' '.join(args)}: exit {result.rc}\n{result.err}"
+    assert result.code == 0, f"snapstore {' '.join(args)}: exit {result.code}\n{result.err}"
     return json.loads(result.out)
 
 
@@ -565,8 +563,8 @@ def test_restore_reports_no_current_to_mark_for_checkpoints(scenarios: Callable[
     restore = ("restore", source.domain, "--checkpoints", "--connect", target.uri, "--from")
     dry = snapstore(*restore, str(good), "--dry-run")
     failed = snapstore(*restore, str(broken))
-    assert dry.rc == 0 and "3 to define, 0 to replace, 0 already present" in dry.out, dry
-    assert failed.rc == 1 and f"snapstore: {source.domain}: failed: 'c2' (redefine): XML document failed to " \
+    assert dry.code == 0 and "3 to define, 0 to replace, 0 already present" in dry.out, dry
+    assert failed.code == 1 and f"snapstore: {source.domain}: failed: 'c2' (redefine): XML document failed to " \
         "validate against schema" in failed.err, failed
     said = [line for line in [*dry.out.splitlines(), *failed.err.splitlines()] if "mark" in line]
     assert not said, ("regression: restore --checkpoints speaks of marking a current checkpoint, which it never does "

@@ -12,18 +12,15 @@ import contextlib
 import os
 import socket
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import samples
+from support import cli as support_cli
+from support.cli import Result
 
 from snapstore import cli
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import samples  # noqa: E402
-from cliresult import Result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".venv" / "bin" / "snapstore"
@@ -61,12 +58,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def run_script(argv: list[str], stdin: bytes | None = None) -> Result:
     """The real console script, as an operator runs it."""
-    try:
-        done = subprocess.run([str(SCRIPT), *argv], capture_output=True, timeout=TIMEOUT,
-                              input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"snapstore {' '.join(argv)} did not finish within {TIMEOUT} s (it blocked)")
-    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+    return support_cli.console(argv, timeout=TIMEOUT, stdin=stdin)
 
 
 def state_files(env: Env) -> list[str]:

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cliresult import Result
 from lxml import etree
+from support.cli import Result
 
 from snapstore import cli, codes
 from snapstore.check import disks

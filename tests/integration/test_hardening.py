@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import samples
+from daemonproc import Daemon, read_store, wait_for, write_config
+from support.cli import assert_clean_failure
+from support.cli import in_process as run
+from support.folders import Env
 
 from snapstore import codes, errors, fsio, kinds, store
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import samples  # noqa: E402
-from daemonproc import Daemon, read_store, wait_for, write_config  # noqa: E402
-from test_bad_input import Env, assert_clean_failure, env, run  # noqa: E402,F401
 
 TEMP_DOMAIN = ".snapstore-tmp-999999-x"  # libvirt accepts it as a domain name
 

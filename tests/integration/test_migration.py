@@ -83,7 +83,7 @@ def test_convert_checks_clean_and_rollback_restores_byte_for_byte(host: tuple[La
     assert manifest(lab.snapshot_dir, lab.checkpoint_dir) == before, "convert changed libvirt's folders"
     for domain, view in views.items():
         listed = snapstore("--state-dir", str(state), "list", domain, "--json")
-        assert listed.rc == 0 and f'"current": "{view.current}"' in listed.out
+        assert listed.code == 0 and f'"current": "{view.current}"' in listed.out
 
     # The host lives on: libvirt writes, something foreign appears, a file is lost.
     lab.snapshot("vm1", "after")
@@ -112,7 +112,7 @@ def test_rollback_by_expand_rewrites_folders_from_the_store(host: tuple[Lab, dic
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert same_tree(lab.view("vm 2é"), views["vm 2é"])
     clean = snapstore(*host_options(lab, state), "check", "--definitions", str(lab.root / "etc" / "qemu"))
-    assert clean.rc == 0, clean.out + clean.err
+    assert clean.code == 0, clean.out + clean.err
 
 
 def test_rollback_refuses_libvirts_live_root_while_libvirtd_runs(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 from lab import Lab, View
 from lxml import etree
+from support import cli as support_cli
+from support.cli import Result
 
-from snapstore import cli, kinds
+from snapstore import kinds
 from snapstore.formats import consolidated, mapping, xmlsafe
 from snapstore.store import Store
 
@@ -143,29 +145,20 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Scena
 # --- snapstore side ----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def snapstore(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
     """snapstore(libvirt_dir, state_dir, *command) -> Result, run in-process."""
 
     def run(libvirt_dir: Path, state: Path, *command: str) -> Result:
-        capsys.readouterr()  # drop anything printed before
-        rc = cli.main(["--libvirt-dir", str(libvirt_dir), "--state-dir", str(state), *command])
-        out, err = capsys.readouterr()
-        return Result(rc, out, err)
+        return support_cli.in_process(capsys, ["--libvirt-dir", str(libvirt_dir), "--state-dir", str(state),
+                                               *command])
 
     return run
 
 
 def _consolidate(snapstore: Callable[..., Result], scenario: Scenario, state: Path) -> Result:
     result = snapstore(scenario.lab.snapshot_dir, state, "consolidate", DOMAIN)
-    assert result.rc == 0, f"consolidate failed: {result.err}"
+    assert result.code == 0, f"consolidate failed: {result.err}"
     return result
 
 
@@ -292,7 +285,7 @@ def test_round_trip_folder_file_folder(name: str, scenarios: Callable[[str], Sce
     state, other = tmp_path / "state", tmp_path / "other-root"
     _consolidate(snapstore, scenario, state)
     result = snapstore(scenario.lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(other))
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert "written to" in result.out
 
     original, copy = scenario.lab.snapshot_dir / DOMAIN, other / DOMAIN
@@ -309,7 +302,7 @@ def test_round_trip_folder_file_folder(name: str, scenarios: Callable[[str], Sce
         assert stat.S_IMODE((copy / file_name).stat().st_mode) == 0o600
 
     again = snapstore(scenario.lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(other))
-    assert again.rc == 0, again.err
+    assert again.code == 0, again.err
     assert "unchanged" in again.out
 
 
@@ -347,7 +340,7 @@ def test_libvirt_loads_expanded_folder(name: str, scenarios: Callable[[str], Sce
     uuid = target.define_xml(source.lab.domain_xml(DOMAIN))
     assert uuid == _element(source.view.xml[source.view.names[0]]).findtext("domain/uuid")
     result = snapstore(source.lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(target.snapshot_dir))
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
 
     loaded = target.view(DOMAIN)  # a new libvirt process: it reads the folder at start
     assert sorted(loaded.names) == sorted(source.view.names)
@@ -382,7 +375,7 @@ def test_consolidate_all_json(two_domains: tuple[Lab, dict[str, View]],
     lab, views = two_domains
     state = tmp_path / "state"
     result = snapstore(lab.snapshot_dir, state, "consolidate", "--all", "--json")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["format"] == 1 and report["dry_run"] is False
     by_domain = {entry["domain"]: entry for entry in report["results"]}
@@ -398,7 +391,7 @@ def test_consolidate_all_json(two_domains: tuple[Lab, dict[str, View]],
     assert sorted(os.listdir(state / "snapshots")) == ["vm%202%C3%A9.xml", "vm1.xml"]
 
     again = snapstore(lab.snapshot_dir, state, "consolidate", "--all", "--json")
-    assert again.rc == 0, again.err
+    assert again.code == 0, again.err
     assert [entry["changed"] for entry in json.loads(again.out)["results"]] == [False, False]
 
 
@@ -406,7 +399,7 @@ def test_consolidate_all_text(two_domains: tuple[Lab, dict[str, View]],
                               snapstore: Callable[..., Result], tmp_path: Path) -> None:
     lab, views = two_domains
     result = snapstore(lab.snapshot_dir, tmp_path / "state", "consolidate", "--all")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{OTHER_DOMAIN}: 2 snapshots, current y: written to ")
@@ -426,13 +419,13 @@ def test_dry_run_writes_nothing_over_an_older_file(scenarios: Callable[[str], Sc
     before = _data_files(state)
     newer = scenarios("branch")
     result = snapstore(newer.lab.snapshot_dir, state, "consolidate", DOMAIN, "--dry-run")
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert "would write" in result.out
     # A lock file is not data; everything else must be untouched.
     assert _data_files(state) == before
 
     report = snapstore(newer.lab.snapshot_dir, state, "consolidate", DOMAIN, "--dry-run", "--json")
-    assert report.rc == 0, report.err
+    assert report.code == 0, report.err
     entry, = json.loads(report.out)["results"]
     assert (entry["count"], entry["current"], entry["changed"]) == (len(newer.view.names), "s3", True)
     assert json.loads(report.out)["dry_run"] is True
@@ -443,7 +436,7 @@ def test_dry_run_on_fresh_state_dir(scenarios: Callable[[str], Scenario],
                                     snapstore: Callable[..., Result], tmp_path: Path) -> None:
     state = tmp_path / "state"  # does not exist yet, as on a new host
     result = snapstore(scenarios("chain").lab.snapshot_dir, state, "consolidate", DOMAIN, "--dry-run")
-    assert result.rc == 0, (
+    assert result.code == 0, (
         "regression: consolidate --dry-run fails when the state folder (its locks/) does not exist yet: "
         f"Store.replace() opens locks/<kind>.<domain>.lock although run() skipped prepare(): {result.err!r}")
     assert "would write" in result.out
@@ -479,7 +472,7 @@ def _listed(scenario: Scenario, snapstore: Callable[..., Result], tmp_path: Path
     state = tmp_path / "state"
     _consolidate(snapstore, scenario, state)
     result = snapstore(scenario.lab.snapshot_dir, state, "list", DOMAIN, option)
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     return scenario, result.out
 
 
@@ -535,9 +528,9 @@ def test_mixed_content_whitespace_survives(lab: Lab, snapstore: Callable[..., Re
     assert libvirt_x.text == "a" and libvirt_x[0].tail == " "  # libvirt kept it
 
     state, other = tmp_path / "state", tmp_path / "other-root"
-    assert snapstore(lab.snapshot_dir, state, "consolidate", DOMAIN).rc == 0
+    assert snapstore(lab.snapshot_dir, state, "consolidate", DOMAIN).code == 0
     stored = _element((state / "snapshots" / "vm1.xml").read_bytes()).find("domainsnapshot/domain/metadata")[0]
-    assert snapstore(lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(other)).rc == 0
+    assert snapstore(lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(other)).code == 0
     expanded = _element((other / DOMAIN / "s1.xml").read_bytes()).find("domain/metadata")[0]
     assert (_strict(stored), _strict(expanded)) == (_strict(libvirt_x), _strict(libvirt_x)), (
         "regression: the space between <app:y/> and <app:z/> (mixed content, i.e. text) is rewritten as "
@@ -557,7 +550,7 @@ def test_libvirt_define_discards_a_folder_expanded_before_it(
     _consolidate(snapstore, source, state)
     target = Lab(tmp_path / "lab-b")
     result = snapstore(source.lab.snapshot_dir, state, "expand", DOMAIN, "--into", str(target.snapshot_dir))
-    assert result.rc == 0, result.err
+    assert result.code == 0, result.err
     assert len(os.listdir(target.snapshot_dir / DOMAIN)) == len(source.view.names)
     target.define_xml(source.lab.domain_xml(DOMAIN))
     assert target.view(DOMAIN).names == []

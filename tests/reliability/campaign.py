@@ -14,14 +14,14 @@ from __future__ import annotations
 import abc
 import collections
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import samples
-from cliresult import Result
+from support import cli as support_cli
+from support.cli import Result
 
 from snapstore import errors, kinds, legacydir, model
 from snapstore.formats import consolidated, legacy
@@ -73,12 +73,7 @@ class Sandbox:
 def run_script(argv: list[str], timeout: float = 60.0, prefix: list[str] | None = None,
                env: dict[str, str] | None = None) -> Result:
     """The real console script (behind ``prefix``, e.g. strace or setpriv)."""
-    try:
-        done = subprocess.run([*(prefix or []), str(SCRIPT), *argv], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, env=env)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"snapstore {' '.join(argv)} did not finish within {timeout} s") from None
-    return Result(done.returncode, done.stdout, done.stderr)
+    return support_cli.console(argv, timeout=timeout, prefix=prefix or (), env=env)
 
 
 def error_problems(result: Result, codes: tuple[int, ...] = (1, 2)) -> list[str]:

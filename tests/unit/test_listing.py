@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import samples
 
 from snapstore import cli, index
 from snapstore.cli import listing
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import samples  # noqa: E402
 
 CURRENT_MARK = "  (current)"
 DRAWN_LEVELS = 64  # README, ### list: drawn in full up to 64 levels down,
