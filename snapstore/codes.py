@@ -2,8 +2,9 @@
 
 Codes are never reused or renumbered. Groups: SS1xx file and parse, SS2xx
 tree, SS3xx store vs folder, SS4xx leftovers and permissions, SS5xx disk
-images. Each has a severity (its title is the comment beside it); hints
-live with the checks that know the domain and path they name.
+images, SS7xx history (SS6xx is kept for the fleet). Each has a severity
+(its title is the comment beside it); hints live with the checks that know
+the domain and path they name.
 """
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ FOREIGN_FILE = "SS406"
 IMAGE_LACKS_SNAPSHOT = "SS501"
 IMAGE_ORPHAN_SNAPSHOT = "SS502"
 IMAGE_UNREADABLE = "SS503"
+
+HISTORY_DAMAGED = "SS701"
+HISTORY_GAP = "SS702"
+HISTORY_MODE = "SS703"
+HISTORY_OVERSIZE = "SS704"
+HISTORY_RECORD = "SS705"
 
 
 class Problem(typing.NamedTuple):
@@ -107,5 +114,10 @@ CODES: dict[str, Code] = {c.code: c for c in [
     Code(FOREIGN_FILE, WARNING),  # foreign file in a domain folder (libvirtd parses it at start)
     Code(IMAGE_LACKS_SNAPSHOT, ERROR),  # internal snapshot missing from its disk image
     Code(IMAGE_ORPHAN_SNAPSHOT, WARNING),  # disk image holds a snapshot without metadata
-    Code(IMAGE_UNREADABLE, WARNING),  # disk image cannot be inspected
+    Code(IMAGE_UNREADABLE, WARNING),
+    Code(HISTORY_DAMAGED, WARNING),  # a generation's file does not match its record, or cannot be parsed
+    Code(HISTORY_GAP, WARNING),  # a number missing between the oldest and newest generation
+    Code(HISTORY_MODE, WARNING),  # a history file wider than 0600
+    Code(HISTORY_OVERSIZE, WARNING),  # a generation over max_store_bytes (undo could not read it)
+    Code(HISTORY_RECORD, WARNING),  # a generation without a readable record  # disk image cannot be inspected
 ]}

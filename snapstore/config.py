@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from snapstore import errors, kinds, limits
+from snapstore import errors, history, kinds, limits
 
 DEFAULT_PATH = Path("/etc/snapstore/snapstore.toml")
 
@@ -40,6 +40,16 @@ class Config(typing.NamedTuple):
     settle_timeout: float = 5.0
     # Daemon: full reconcile of every domain, the safety net under inotify.
     reconcile_interval: float = 600.0
+
+    # History: generations kept per domain and kind (0 turns history off),
+    # the oldest age kept (seconds, 30 days) and the bytes kept per domain
+    # and kind; pruning is oldest first and never takes the newest.
+    history_keep: int = 100
+    history_max_age: float = 30 * 86400.0
+    history_max_bytes: int = 256 * 1024 * 1024
+
+    def history_limits(self) -> history.Limits:
+        return history.Limits(self.history_keep, self.history_max_age, self.history_max_bytes)
 
     def root(self, kind: kinds.Kind) -> Path:
         """libvirt's folder of per-moment files for ``kind``."""

@@ -107,6 +107,19 @@ class Emptying(Refused):
                                                f"them ({recovery}, or pass --allow-empty)")
 
 
+class Guarded(Refused):
+    """The store file was undone to a generation libvirt does not hold yet:
+    a commit from libvirt's folder would drop what the undo brought back."""
+
+    def __init__(self, *, domain: str, plural: str, number: int, missing: list[str], flag: str = "") -> None:
+        self.number, self.missing = number, missing
+        shown = ", ".join(repr(name) for name in missing[:5]) + (" …" if len(missing) > 5 else "")
+        super().__init__(domain=domain, reason=(
+            f"undone to generation {number}, and libvirt's folder lacks {len(missing)} of its {plural} ({shown}); "
+            f"not replacing it: bring them back with 'snapstore restore {domain}{flag} --connect URI', or "
+            f"'snapstore undo {domain}{flag}' to undo the undo"))
+
+
 class FolderBusy(Refused):
     """libvirt rewrote the folder while it was read: what was read may be a
     state the folder never held (half old, half new), so it is not used."""

@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from snapstore import codes, errors, hostenv
@@ -55,6 +55,23 @@ def opened_dir_if_present(path: Path) -> Iterator[int | None]:
         return
     except OSError as e:
         raise errors.EnvironmentProblem(path=path, reason=_dir_open_problem(path, e)) from e
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def subfolder(parent_fd: int, name: str) -> Iterator[int]:
+    """An fd on ``name`` under ``parent_fd``, created 0700 when missing; never a symlink."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        link = e.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+            os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+        raise errors.EnvironmentProblem(path=name, reason="is a symlink, not followed" if link else reason(e)) from e
     try:
         yield fd
     finally:
@@ -208,15 +225,32 @@ def write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o600, durable: b
         raise
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+def write_replacing(dir_fd: int, name: str, data: bytes) -> None:
+    """``name`` in an open folder replaced whole (temp, fsync, rename); the
+    caller fsyncs the folder, once for all it changed."""
+    temp = temp_name()
+    write_new(dir_fd, temp, data)
+    try:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        _unlink_quietly(dir_fd, temp)
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True,
+                 before_rename: Callable[[int], None] | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
-    (``durable=False`` skips both fsyncs: for derived data checked before use)."""
+    (``durable=False`` skips both fsyncs: for derived data checked before use).
+    ``before_rename`` is called with the folder's fd once the new data is
+    durable and the old file still in place (the history links it there)."""
     with opened_dir(path.parent) as dir_fd:
         temp = temp_name()
         try:
             write_new(dir_fd, temp, data, mode, durable)
         except OSError as e:
             raise errors.WriteError(path=path, reason=reason(e)) from e
+        if before_rename is not None:
+            before_rename(dir_fd)
         # Held open across the rename: the kernel then frees the old file's
         # blocks when it is closed, after the commit, not inside the rename
         # (where a large file's freeing would add to the commit's latency).
@@ -335,6 +369,15 @@ def _sweep_one(dir_fd: int, path: Path, swept: Sweep) -> None:
         swept.left.append(f"{path}: stale temp not removed: {reason(e)}")
         return
     swept.removed.append(path)
+
+
+def exists(dir_fd: int, name: str) -> bool:
+    """An entry of any type (a link not followed) named ``name`` in the folder."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _is_dir(dir_fd: int, name: str) -> bool:

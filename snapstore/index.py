@@ -40,17 +40,19 @@ class Entry(typing.NamedTuple):
     rows: list[Row]  # topological order
     uuid: str | None
     sources: Sources | None  # the legacy folder's entries it was consolidated from
+    digests: dict[str, str] | None = None  # moment name -> digest (kept while history is on)
+    sha256: str | None = None  # of the whole file (likewise)
 
 
 def _entry(data: dict[str, Any]) -> Entry:
     rows = [(row[0], row[1], row[2], row[3]) for row in data["rows"]]
-    return Entry(data["current"], rows, data["uuid"], data["sources"])
+    return Entry(data["current"], rows, data["uuid"], data["sources"], data.get("digests"), data.get("sha256"))
 
 
 def encode(domain: str, current: str | None, rows: list[Row], of: Identity, sources: Sources | None = None,
-           uuid: str | None = None) -> bytes:
+           uuid: str | None = None, digests: dict[str, str] | None = None, sha256: str | None = None) -> bytes:
     return json.dumps({"format": FORMAT, "identity": of, "domain": domain, "current": current,
-                       "rows": rows, "sources": sources, "uuid": uuid},
+                       "rows": rows, "sources": sources, "uuid": uuid, "digests": digests, "sha256": sha256},
                       ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -291,7 +291,7 @@ def _swap_in(root: Path, name: str, files: dict[str, bytes]) -> None:
         temp = fsio.temp_name(foreign=True)
         try:
             fsio.write_folder(root_fd, temp, files)
-            if _exists(root_fd, name):
+            if fsio.exists(root_fd, name):
                 fsio.exchange(root_fd, temp, name)
             else:
                 os.rename(temp, name, src_dir_fd=root_fd, dst_dir_fd=root_fd)
@@ -301,10 +301,3 @@ def _swap_in(root: Path, name: str, files: dict[str, bytes]) -> None:
         fsio.fsync_dir(root_fd, root / name)
         fsio.remove_quietly(root_fd, temp)  # the old folder; a leftover is swept as stale
 
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True

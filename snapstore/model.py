@@ -33,6 +33,13 @@ class Moment:
     uuids: tuple[str, ...] = ()  # embedded domain uuids, lower case
     source: str = ""  # where it was read from, for messages
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short hash of the bytes: tells a changed moment from an unchanged one."""
+        import hashlib  # only commits that keep history need it
+
+        return hashlib.sha256(self.body).hexdigest()[:16]
+
 
 class Tree:
     """All moments of one kind of one domain, and which one is current."""

@@ -23,6 +23,7 @@ class Policy(typing.NamedTuple):
     in_flight_ok: bool = True  # a libvirt temp (*.xml.new) is a remark, not a refusal (the daemon waits instead)
     attempts: int = 3          # reads of a folder libvirt keeps changing before FolderBusy
     origin: store.Origin | None = None  # how a refused emptying is worded
+    by: str = "consolidate"    # what the history says replaced the previous file
 
 
 class Consolidated(typing.NamedTuple):
@@ -90,4 +91,4 @@ def commit(state: store.Store, folder: legacydir.LegacyFolder, policy: Policy = 
     unchanged shortcut never hides a warning."""
     sources = None if folder.notes or policy.dry_run else folder.sources
     return state.replace(folder.tree(), allow_empty=policy.allow_empty, dry_run=policy.dry_run,
-                         sources=sources, origin=policy.origin)
+                         sources=sources, origin=policy.origin, by=policy.by)

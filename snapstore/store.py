@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from snapstore import codes, errors, fsio, index, kinds, limits, naming
+from snapstore import codes, errors, fsio, history, index, kinds, limits, naming
 
 if typing.TYPE_CHECKING:
     from snapstore import model
@@ -43,6 +43,9 @@ class Origin(typing.NamedTuple):
     recovery: str  # how to bring the moments back
 
 
+UNDO = "undo"  # the start of what an undo's commit says replaced the file
+
+
 def legacy_origin(kind: kinds.Kind, domain: str) -> Origin:
     flag = " --checkpoints" if kind is kinds.CHECKPOINT else ""
     return Origin("the legacy folder has", f"bring them back with 'snapstore expand {shlex.quote(domain)}{flag}'")
@@ -50,13 +53,15 @@ def legacy_origin(kind: kinds.Kind, domain: str) -> Origin:
 
 class Store:
     def __init__(self, root: Path, lock_timeout: float = 10.0,
-                 read_limit: int = limits.STORE_FILE, warn: Callable[[str], None] | None = None) -> None:
+                 read_limit: int = limits.STORE_FILE, warn: Callable[[str], None] | None = None,
+                 keep: history.Limits = history.Limits()) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.read_limit = read_limit
-        # Derived files (index) and sweeps fail without failing the commit:
-        # said here, never swallowed.
+        # Derived files (index), history and sweeps fail without failing the
+        # commit: said here, never swallowed.
         self.warn = warn or _log_warning
+        self.history = history.History(self.root / "history", keep, self.warn)
         self._held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
@@ -74,6 +79,11 @@ class Store:
             for folder in self.temp_folders():
                 for left in fsio.sweep_temps(folder).left:
                     self.warn(left)
+            try:
+                for left in self.history.sweep():
+                    self.warn(left)
+            except errors.SnapstoreError as e:  # history never blocks a commit
+                self.warn(f"history: temps not swept: {e}")
         return created
 
     def temp_folders(self) -> list[Path]:
@@ -89,6 +99,13 @@ class Store:
                 created.append(self.root / name)
             with fsio.opened_dir(self.root / name):  # O_NOFOLLOW: refuses a symlink with a clear error
                 pass
+        try:  # history never blocks a commit: a folder it cannot have is a warning
+            if _make_folder(self.history.root):
+                created.append(self.history.root)
+            with fsio.opened_dir(self.history.root):
+                pass
+        except errors.SnapstoreError as e:
+            self.warn(f"history: {e}")
         return created
 
     def domains(self, kind: kinds.Kind) -> list[str]:
@@ -156,14 +173,15 @@ class Store:
         return tree
 
     def replace(self, tree: model.Tree, allow_empty: bool = False, dry_run: bool = False,
-                sources: index.Sources | None = None, origin: Origin | None = None) -> bool:
+                sources: index.Sources | None = None, origin: Origin | None = None, by: str = "snapstore") -> bool:
         """Commit ``tree`` unless the file already holds it; True when written.
 
         Refuses to replace moments with an empty tree unless ``allow_empty``
         (errors.Emptying, worded by ``origin``: where the empty tree came
         from and how to bring the moments back).  ``sources``: identities of
         the legacy folder's entries the tree was read from, recorded in the
-        index (see unchanged()).
+        index (see unchanged()). The file replaced becomes a generation of
+        the history, recorded as replaced ``by`` this command or event.
         """
         from snapstore.formats import consolidated
 
@@ -173,13 +191,88 @@ class Store:
         if dry_run:  # no lock: a dry run must work before the state folder exists
             return self._needs_write(tree, data, allow_empty, origin)
         with self.lock(tree.kind, tree.domain):
+            self._respect_undo(tree, by)
             if not self._needs_write(tree, data, allow_empty, origin):
                 if sources is not None:
                     self._write_index(tree, sources)
                 return False
-            fsio.atomic_write(self.path(tree.kind, tree.domain), data)
-            self._write_index(tree, sources)  # under the lock: no other commit can slip in
+            self._commit(tree, data, sources, by)
         return True
+
+    def undo(self, kind: kinds.Kind, domain: str, number: int, dry_run: bool = False) -> model.Tree:
+        """Make generation ``number`` the live file again, through the same
+        locked atomic commit (the file it replaces becomes a generation too,
+        so an undo can be undone), and guard it until libvirt holds its
+        moments again. Returns the tree undone to."""
+        from snapstore.formats import consolidated
+
+        path = self.history.folder(kind, domain) / f"{number}.xml"
+        with self.lock(kind, domain):
+            try:
+                data = self.history.read(kind, domain, number, self.read_limit)
+            except errors.EnvironmentProblem as e:
+                raise errors.UnknownDomain(domain=domain, reason=f"no history of its {kind.plural}") from e
+            tree = consolidated.parse_consolidated(data, kind, str(path), self.read_limit)
+            if dry_run:
+                return tree
+            self.replace(tree, allow_empty=True, by=f"{UNDO} to generation {number}")
+            self.history.guard(kind, domain, number, list(tree.by_name))
+        return tree
+
+    def _respect_undo(self, tree: model.Tree, by: str) -> None:
+        """An undone store file is replaced only by another undo, or by a tree
+        that holds again every moment the undo brought back (libvirt redefined
+        them: the guard is lifted)."""
+        try:
+            guarded = self.history.guarded(tree.kind, tree.domain)
+        except errors.SnapstoreError as e:  # history never blocks a commit
+            self.warn(f"{tree.domain}: history of its {tree.kind.plural}: undo guard not read: {e}")
+            return
+        if guarded is None:
+            return
+        number, names = guarded
+        missing = sorted(names - set(tree.by_name))
+        if by.startswith(UNDO) or not missing:
+            self.history.unguard(tree.kind, tree.domain)
+            return
+        flag = " --checkpoints" if tree.kind is kinds.CHECKPOINT else ""
+        raise errors.Guarded(domain=tree.domain, plural=tree.kind.plural, number=number, missing=missing, flag=flag)
+
+    def _commit(self, tree: model.Tree, data: bytes, sources: index.Sources | None, by: str) -> None:
+        path = self.path(tree.kind, tree.domain)
+        keeping = self.history.limits.keep > 0
+        before = self._before(tree.kind, tree.domain) if keeping else None
+        kept: list[history.Pending] = []
+
+        def link_old(dir_fd: int) -> None:
+            pending = self.history.keep(dir_fd, path.name, tree.kind, tree.domain) if keeping else None
+            kept.extend([pending] if pending is not None else [])
+
+        try:
+            fsio.atomic_write(path, data, before_rename=link_old)
+        except errors.WriteError as e:
+            # A disk filled by history older than its (maybe lowered) limits:
+            # prune by the limits, then try once more; the live file is never touched.
+            if not _out_of_space(e) or not self.history.prune(tree.kind, tree.domain):
+                raise
+            kept.clear()
+            fsio.atomic_write(path, data, before_rename=link_old)
+        after = _snapshot(tree, data) if keeping else None
+        self._write_index(tree, sources, after)  # under the lock: no other commit can slip in
+        if kept and before is not None and after is not None:
+            self.history.record(kept[0], before, after, by)
+
+    def _before(self, kind: kinds.Kind, domain: str) -> history.Snapshot | None:
+        """What the file about to be replaced holds: from its index, or (stale
+        index) from the file itself; None when there is no file."""
+        of = self._identity(self.path(kind, domain))
+        if of is None:
+            return None
+        found = self._read_index(kind, domain, of)  # not rebuilt here: the commit writes it anew
+        if found is not None and found.digests is not None:
+            return history.Snapshot(found.digests, found.current, found.sha256)
+        tree = self.read_tree(kind, domain)
+        return history.Snapshot({m.name: m.digest for m in tree.moments}, tree.current, None) if tree else None
 
     def _refuse_unreadable(self, tree: model.Tree, data: bytes) -> None:
         """Never commit a file every later command would refuse to read."""
@@ -232,11 +325,14 @@ class Store:
                 raise errors.FormatError(path=path, reason=f"cannot be read: {fsio.reason(e)}",
                                          code=codes.UNREADABLE) from e
 
-    def _write_index(self, tree: model.Tree, sources: index.Sources | None = None) -> None:
+    def _write_index(self, tree: model.Tree, sources: index.Sources | None = None,
+                     kept: history.Snapshot | None = None) -> None:
         of = self._identity(self.path(tree.kind, tree.domain))
         if of is not None:
+            digests, sha = (kept.digests, kept.sha256) if kept is not None else (None, None)
             self._save_index(self.index_path(tree.kind, tree.domain),
-                             index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid()))
+                             index.encode(tree.domain, tree.current, _rows(tree), of, sources, tree.uuid(),
+                                          digests, sha))
 
     def _read_index(self, kind: kinds.Kind, domain: str, of: index.Identity) -> index.Entry | None:
         try:
@@ -323,6 +419,18 @@ def _unless_missing(path: Path, action: Callable[[int], T]) -> T | None:
         if isinstance(e.__cause__, FileNotFoundError):
             return None
         raise
+
+
+def _out_of_space(error: errors.WriteError) -> bool:
+    cause = error.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _snapshot(tree: model.Tree, data: bytes) -> history.Snapshot:
+    import hashlib  # only commits that keep history need it
+
+    return history.Snapshot({m.name: m.digest for m in tree.moments}, tree.current,
+                            hashlib.sha256(data).hexdigest())
 
 
 def _rows(tree: model.Tree) -> list[index.Row]:

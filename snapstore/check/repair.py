@@ -162,7 +162,7 @@ class Repairer:
                 return False
             if self.store.read_bytes(kind, domain) is not None:
                 self.store.to_attic(kind, domain)
-            ops.commit(self.store, folder)
+            ops.commit(self.store, folder, ops.Policy(by="check --repair"))
         return True
 
     def _still_differs(self, done: scan.Scan, folder: legacydir.LegacyFolder) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from snapstore import codes, config, errors, fsio, kinds, legacydir, limits, model, naming, store
-from snapstore.check import disks, findings, schema
+from snapstore.check import disks, findings, generations, schema
 from snapstore.formats import consolidated, legacy, mapping, xmlsafe
 
 _DEFINITION_LIMIT = 16 * 1024 * 1024
@@ -103,6 +103,7 @@ class DomainCheck:
         self._stored(scan)
         self._compare(scan)
         self._count(scan)
+        generations.check_history(self.report, self.store, self.kind, self.domain)
         tree = scan.folder.tree() if scan.folder is not None else scan.stored
         if tree is not None and tree.moments:
             self._definition(tree)

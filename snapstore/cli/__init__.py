@@ -17,7 +17,8 @@ from snapstore.cli import common
 # Command name(s) -> the module (in snapstore.cli) that registers and runs them;
 # only the one asked for is imported.
 _COMMANDS = {("consolidate",): "consolidate", ("expand",): "expand", ("list",): "listing", ("check",): "check",
-             ("dump", "restore", "transfer"): "bridge", ("daemon",): "daemon"}
+             ("dump", "restore", "transfer"): "bridge", ("history", "diff", "undo"): "history",
+             ("daemon",): "daemon"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -21,9 +21,10 @@ def register(commands: common.Commands, options: argparse.ArgumentParser) -> Non
 
 
 def _register_dump(commands: common.Commands, options: argparse.ArgumentParser) -> None:
-    parser = _command(commands, options, run_dump, "dump", "libvirt (API) -> consolidated file",
-                      "Read every snapshot of a domain from a running libvirt, secrets included, one per "
-                      "call, and commit them as one consolidated file (the store's, unless -o).")
+    parser = common.domain_command(
+        commands, options, run_dump, "dump", "libvirt (API) -> consolidated file",
+        "Read every snapshot of a domain from a running libvirt, secrets included, one per "
+        "call, and commit them as one consolidated file (the store's, unless -o).")
     _add_connect(parser)
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write this file (atomically, mode 0600) instead of the store; '-' for stdout")
@@ -32,10 +33,11 @@ def _register_dump(commands: common.Commands, options: argparse.ArgumentParser) 
 
 
 def _register_restore(commands: common.Commands, options: argparse.ArgumentParser) -> None:
-    parser = _command(commands, options, run_restore, "restore", "consolidated file -> libvirt (API)",
-                      "Redefine every snapshot of a consolidated file in a running libvirt: parents first, "
-                      "the current one marked last. Identical snapshots are skipped, so a rerun finishes "
-                      "an interrupted restore.")
+    parser = common.domain_command(
+        commands, options, run_restore, "restore", "consolidated file -> libvirt (API)",
+        "Redefine every snapshot of a consolidated file in a running libvirt: parents first, "
+        "the current one marked last. Identical snapshots are skipped, so a rerun finishes "
+        "an interrupted restore.")
     _add_connect(parser)
     parser.add_argument("--from", dest="source_file", metavar="FILE",
                         help="read this consolidated file instead of the store's; '-' for stdin")
@@ -44,9 +46,10 @@ def _register_restore(commands: common.Commands, options: argparse.ArgumentParse
 
 
 def _register_transfer(commands: common.Commands, options: argparse.ArgumentParser) -> None:
-    parser = _command(commands, options, run_transfer, "transfer", "dump from one libvirt, restore into another",
-                      "dump, commit the dump durably, restore; with --delete-source-metadata the source's "
-                      "metadata is then removed, once the target holds every snapshot (host migration).")
+    parser = common.domain_command(
+        commands, options, run_transfer, "transfer", "dump from one libvirt, restore into another",
+        "dump, commit the dump durably, restore; with --delete-source-metadata the source's "
+        "metadata is then removed, once the target holds every snapshot (host migration).")
     parser.add_argument("--from", dest="source_uri", required=True, metavar="URI", help="the source libvirt")
     parser.add_argument("--to", dest="target_uri", required=True, metavar="URI", help="the target libvirt")
     parser.add_argument("-o", "--output", metavar="FILE",
@@ -56,18 +59,6 @@ def _register_transfer(commands: common.Commands, options: argparse.ArgumentPars
                         help="after a complete restore, remove the snapshot metadata from the source "
                              "(children first; disk images untouched), so libvirt can migrate the domain")
     _add_restore_options(parser)
-
-
-def _command(commands: common.Commands, options: argparse.ArgumentParser, run: Any, name: str,
-             summary: str, description: str) -> argparse.ArgumentParser:
-    """A command on one DOMAIN whose output is data (--json)."""
-    parser: argparse.ArgumentParser = commands.add_parser(name, parents=[options], help=summary,
-                                                          description=description)
-    parser.add_argument("domain", metavar="DOMAIN")
-    common.add_kind_option(parser)
-    common.add_json_option(parser)
-    parser.set_defaults(run=run)
-    return parser
 
 
 def _add_connect(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +103,7 @@ def _commit(tree: model.Tree, output: Path | None, allow_empty: bool, context: c
     state.prepare()
     origin = store.Origin(f"{uri} reports",
                           f"put them back with 'snapstore restore {tree.domain} --connect URI'")
-    changed = state.replace(tree, allow_empty=allow_empty, origin=origin)
+    changed = state.replace(tree, allow_empty=allow_empty, origin=origin, by=f"dump --connect {uri}")
     return _dump_summary(tree, uri, state.path(tree.kind, tree.domain), changed)
 
 

@@ -70,6 +70,18 @@ def global_options(suppress: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def domain_command(commands: Commands, options: argparse.ArgumentParser, run: Any, name: str, summary: str,
+                   description: str) -> argparse.ArgumentParser:
+    """A command on one DOMAIN, either kind, whose output is data (--json)."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, parents=[options], help=summary,
+                                                          description=description)
+    parser.add_argument("domain", metavar="DOMAIN")
+    add_kind_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def add_kind_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", action="store_true",
                         help="act on checkpoints instead of snapshots")
@@ -101,7 +113,7 @@ class Context:
 
     def store(self) -> store.Store:
         return store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes,
-                           warn=self.warn)
+                           warn=self.warn, keep=self.config.history_limits())
 
     def say(self, line: str) -> None:
         if self.verbosity >= 0:

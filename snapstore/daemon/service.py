@@ -37,7 +37,8 @@ class Service:
 
     def _build(self) -> None:
         state = store.Store(self.settings.state_dir, self._lock_timeout(), self.settings.max_store_bytes,
-                            warn=lambda text: log.warning("%s", text, extra=logs.fields(logs.FAILED)))
+                            warn=lambda text: log.warning("%s", text, extra=logs.fields(logs.FAILED)),
+                            keep=self.settings.history_limits())
         state.prepare()
         self.sync = sync.Synchronizer(self.settings, state, self.clock)
         self.debouncer: debounce.Debouncer[sync.Key] = debounce.Debouncer(self.settings.quiet_period)

@@ -36,7 +36,7 @@ _MAX_BACKOFF = 30.0
 # The consistency gate: no libvirt write in flight; two reads at most (the
 # second re-reads a file changed before the first whose event is still on
 # its way); emptying allowed while running (libvirt deleted every moment).
-_GATE = ops.Policy(allow_empty=True, in_flight_ok=False, attempts=2)
+_GATE = ops.Policy(allow_empty=True, in_flight_ok=False, attempts=2, by="daemon: libvirt's folder changed")
 
 
 @dataclasses.dataclass
@@ -48,6 +48,7 @@ class DomainState:
     degraded: list[str] | None = None
     guarded: bool = False
     skipped: str | None = None  # why the folder cannot be a domain's
+    undone: int | None = None  # generation the store was undone to, libvirt not yet in line
     failures: int = 0
     count: int = 0
 
@@ -155,7 +156,12 @@ class Synchronizer:
         except errors.Emptying as e:
             self._report_guard(key, state, e.held, "is empty")
             return Outcome.GUARDED
-        state.guarded = False
+        except errors.Guarded as e:
+            if state.undone is None:
+                log.warning("%s %s: %s", kind.name, domain, e.reason, extra=logs.fields(logs.GUARDED, domain))
+            state.undone = e.number
+            return Outcome.GUARDED
+        state.guarded, state.undone = False, None
         state.folder, state.uuid = folder.identity, tree.uuid() or state.uuid
         self._settled(key, state)
         state.count = len(tree)
@@ -250,6 +256,7 @@ class Synchronizer:
         for label, test in (("degraded", lambda s: s.degraded is not None),
                             ("failing", lambda s: s.failures > 0),
                             ("skipped (not a libvirt domain folder)", lambda s: s.skipped is not None),
+                            ("undone (run snapstore restore)", lambda s: s.undone is not None),
                             ("guarded (store kept, libvirt folder missing or empty)", lambda s: s.guarded)):
             names = sorted(d for (_, d), state in self.domains.items() if test(state))
             if names:

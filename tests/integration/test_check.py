@@ -21,6 +21,8 @@ by some case of this file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -220,6 +222,30 @@ def put(path: Path, data: bytes) -> None:
     """A new file of mode 0600, as libvirt writes its own (the damage is the content or the name)."""
     path.write_bytes(data)
     path.chmod(0o600)
+
+
+def generation(env: Env, number: int, record: bool = True) -> Path:
+    """Generation ``number`` of vm1's store file, as a commit keeps it: the file and its record."""
+    folder = env.state / "history" / "snapshots" / DOMAIN
+    folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+    data = env.store_file.read_bytes()
+    put(folder / f"{number}.xml", data)
+    if record:
+        put(folder / f"{number}.json", json.dumps({
+            "format": 1, "generation": number, "replaced_at": 1.7e9, "replaced_by": "test",
+            "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "moments": 4, "current": "s2",
+            "change": {"added": [], "removed": [], "changed": [], "current": ["s2", "s2"]}}).encode())
+    return folder / f"{number}.xml"
+
+
+def history_damaged(env: Env) -> None:
+    path = generation(env, 1)
+    put(path, path.read_bytes()[:-30])
+
+
+def history_oversize(env: Env) -> None:
+    with open(generation(env, 1), "r+b") as file:
+        file.truncate(300 << 20)  # sparse: over the 256 MiB read limit without using the disk
 
 
 def replace(path: Path, old: str, new: str) -> None:
@@ -449,6 +475,14 @@ CASES = [
          at="snapshots/vm1.xml"),
     case("foreign-file", lambda env: put(env.folder / "README", b"notes\n"), codes.FOREIGN_FILE, 1,
          at="README"),
+    # --- SS7xx: history (warnings: the live file does not depend on it)
+    case("history-damaged", history_damaged, codes.HISTORY_DAMAGED, 1, at="history/snapshots/vm1/1.xml"),
+    case("history-gap", lambda env: (generation(env, 1), generation(env, 3)), codes.HISTORY_GAP, 1,
+         at="history/snapshots/vm1"),
+    case("history-mode", lambda env: generation(env, 1).chmod(0o644), codes.HISTORY_MODE, 1, at="1.xml"),
+    case("history-oversize", history_oversize, codes.HISTORY_OVERSIZE, 1, at="1.xml"),
+    case("history-record-missing", lambda env: generation(env, 1, record=False), codes.HISTORY_RECORD, 1,
+         at="1.xml"),
     # --- SS5xx: disk images (each builds its own lab)
     case("image-lacks-snapshot", image_lacks_snapshot, codes.IMAGE_LACKS_SNAPSHOT, 3, at="s3", own_lab=True),
     case("image-orphan-snapshot", image_orphan_snapshot, codes.IMAGE_ORPHAN_SNAPSHOT, 1, at="extra", own_lab=True),

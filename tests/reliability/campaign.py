@@ -110,6 +110,24 @@ def stale_temps(*folders: Path) -> list[str]:
     return [path for path in temps_under(*folders) if fsio.is_stale_temp(Path(path).name)]
 
 
+def history_problems(state: Path) -> list[str]:
+    """Every generation kept must parse, and match its record's SHA-256 when it has one."""
+    import hashlib
+    import json
+
+    problems = []
+    for generation in sorted((state / "history").glob("*/*/*.xml")):
+        data = generation.read_bytes()
+        try:
+            parse_store(data, str(generation))
+        except AssertionError as e:
+            problems.append(str(e))
+        record = generation.with_suffix(".json")
+        if record.exists() and json.loads(record.read_bytes())["sha256"] != hashlib.sha256(data).hexdigest():
+            problems.append(f"data: {generation} does not match its record's SHA-256")
+    return problems
+
+
 def half_attic_copies(state: Path, whole: Callable[[dict[str, bytes]], bool],
                       seen: set[str] | None = None) -> list[str]:
     """Folders in the attic that are not a whole copy (``whole`` says what is);

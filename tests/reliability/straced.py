@@ -24,9 +24,11 @@ from pathlib import Path
 import campaign
 
 # What a commit is made of (DESIGN §3); rename is spelled three ways.
-WRITE_PATH = ("openat", "write", "fsync", "fdatasync", "rename", "renameat", "renameat2")
+WRITE_PATH = ("openat", "write", "fsync", "fdatasync", "rename", "renameat", "renameat2", "linkat")
 # Where a crash can fall: the write path and the calls that make or remove entries.
 CRASH_POINTS = (*WRITE_PATH, "mkdir", "mkdirat", "unlink", "unlinkat", "rmdir")
+# The history's own calls: the link of the replaced file, its record, pruning.
+HISTORY_CALLS = ("openat", "write", "fsync", "linkat", "mkdirat", "unlinkat")
 ERRNOS = ("EIO", "ENOSPC", "EACCES", "EXDEV")
 _LINE = re.compile(r"^(?:(?P<pid>\d+)\s+)?(?P<name>\w+)\((?P<rest>.*)$")  # no pid without -f
 _ENV = {**os.environ, "PYTHONHASHSEED": "0"}  # the same calls in the same order, run after run

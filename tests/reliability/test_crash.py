@@ -220,6 +220,33 @@ def test_sigkill_at_each_write_path_call(name: str, tmp_path: Path) -> None:
     leftovers.check("the next start")
 
 
+def test_sigkill_at_each_history_call(tmp_path: Path) -> None:
+    """History on (the default): a kill at each call on the history path (the
+    link of the replaced file, the record, the folder fsync) leaves the live
+    file old or new, whole, and every generation kept valid; the next run
+    commits and keeps one generation of the old file, not two."""
+    scenario = SCENARIOS["consolidate"]
+    template = Sandbox(tmp_path / "template")
+    scenario.setup(template)
+    probe = fresh(template.base, tmp_path / "run")
+    _, calls = straced.trace(scenario.argv(probe), tmp_path / "trace.log", straced.HISTORY_CALLS)
+    targets = straced.sites(calls, probe.state / "history", straced.HISTORY_CALLS)
+    assert {site.name for site in targets} >= {"linkat", "openat", "write", "fsync"}, targets
+    for site in targets:
+        sandbox = fresh(template.base, tmp_path / "run")
+        result, hit = straced.inject(scenario.argv(sandbox), tmp_path / "kill.log", site, kill=True)
+        assert result.code == -signal.SIGKILL and hit is not None, f"{site.label}: not killed there\n{result}"
+        assert scenario.observe(sandbox) in (scenario.old(), scenario.new()), f"data: killed at {site.label}"
+        assert campaign.history_problems(sandbox.state) == [], f"killed at {site.label}"
+        rerun = campaign.run_script(scenario.argv(sandbox))
+        assert rerun.code == 0 and scenario.observe(sandbox) == scenario.new(), f"after {site.label}: {rerun}"
+        kept = sorted((sandbox.state / "history").glob("*/*/*.xml"))
+        assert [path.read_bytes() for path in kept] == [scenario.old()], f"after {site.label}: generations {kept}"
+        assert campaign.history_problems(sandbox.state) == [], f"after a kill at {site.label} and a rerun"
+        assert campaign.temps_under(sandbox.state) == [], f"a temp left after a kill at {site.label} and a rerun"
+        campaign.count("kills survived (SIGKILL at each history call)")
+
+
 def _why_left(temp: str) -> str:
     if "/state/index/" in temp:
         return "a listing-index temp the next start does not sweep (Store.prepare sweeps snapshots/, checkpoints/, attic/)"

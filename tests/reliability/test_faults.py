@@ -117,6 +117,38 @@ def test_each_index_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
                      "faults injected (strace, listing index)")
 
 
+def test_each_history_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
+    """History never blocks a commit (issue 13): a fault on any call of the
+    history path (the link of the replaced file, the record, the folder
+    fsync, pruning) leaves the commit standing with a warning naming the
+    history, no temp, and every generation kept valid."""
+    scenario = SCENARIOS["consolidate"]
+    template = Sandbox(tmp_path / "template")
+    scenario.setup(template)
+    probe = fresh(template.base, tmp_path / "run")
+    result, calls = straced.trace(scenario.argv(probe), tmp_path / "trace.log", straced.HISTORY_CALLS)
+    assert result.code == 0, result
+    targets = [site for site in straced.sites(calls, probe.state / "history", straced.HISTORY_CALLS)
+               if site.name != "mkdirat"]  # an existing folder: mkdir's EEXIST is expected
+    campaign.NOTES["fault sites (history)"] = ", ".join(site.label for site in targets)
+
+    def one(site: straced.Site, errno: str) -> None:
+        sandbox = fresh(template.base, tmp_path / "run")
+        result, hit = straced.inject(scenario.argv(sandbox), tmp_path / "inject.log", site, error=errno)
+        if hit is None or "history" not in str(hit):
+            raise RuntimeError(f"{site.label} {errno}: the injection hit {hit}: the run is not deterministic")
+        what = f"history {site.label} ({site.call}) failing with {errno}"
+        assert result.code == 0 and scenario.observe(sandbox) == scenario.new(), f"{what}: the commit\n{result}"
+        assert result.lines and all(line.startswith(f"{campaign.PREFIX}warning: ") and "history" in line
+                                    for line in result.lines), f"{what}: not said as a warning\n{result}"
+        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
+        assert campaign.history_problems(sandbox.state) == [], what
+
+    runs = [(site, straced.ERRNOS[i % len(straced.ERRNOS)]) for i, site in enumerate(targets)]
+    straced.run_plan(straced.plan(targets, True) if campaign.FULL else runs, one,
+                     "faults injected (strace, history)")
+
+
 def test_commit_order_is_fsync_rename_folder_fsync(sandbox: Sandbox, tmp_path: Path) -> None:
     SCENARIOS["consolidate"].setup(sandbox)
     result, calls = straced.trace(sandbox.argv("consolidate", "vm1"), tmp_path / "trace.log")
@@ -189,7 +221,9 @@ def test_daemon_commit_faults_are_logged_and_retried(daemon: Daemon, sandbox: Sa
             assert data == old or marker in data, f"data: {what}: a version that is neither old nor new"
         new_lines = daemon.stderr().splitlines()[log_before:]
         assert all(line.startswith("snapstore: ") and "Traceback" not in line for line in new_lines), new_lines
-        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
+        # The history's record is written after the rename the test waited for: give it its moment.
+        wait_for(lambda: campaign.temps_under(sandbox.state) == [], 5, lambda: f"{what}: temps left: "
+                 f"{campaign.temps_under(sandbox.state)}")
 
     straced.run_plan(straced.plan(targets, campaign.FULL), one, "faults injected (strace, daemon commit)")
     campaign.NOTES["fault sites (daemon)"] = ", ".join(site.label for site in targets)

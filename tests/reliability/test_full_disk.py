@@ -134,3 +134,32 @@ def test_the_filler_really_fills(tmp_path: Path) -> None:
         with pytest.raises(OSError) as info:
             (mount / "one-more").write_bytes(b"x" * 8192)
         assert info.value.errno == errno.ENOSPC
+
+
+def test_history_filling_the_disk_never_costs_the_live_file(full: tuple[Sandbox, str]) -> None:
+    """History on (issue 13): generations pile up until the disk is full. Every
+    commit stands whole or fails clearly with the old file kept, the history
+    stays valid, and pruning (a smaller history_max_bytes) makes room again."""
+    sandbox, what = full
+    config = sandbox.base / "history.toml"
+    config.write_text("history_keep = 1000\n")
+    committed = sandbox.store_file().read_bytes()
+    failed = 0
+    for generation in [*range(2, 9)] * 3:  # generation 9's 200 kB description is left out: it never fits
+        campaign.write_legacy(sandbox.libvirt / "vm1", campaign.generation_files(generation))
+        result = campaign.run_script(sandbox.argv("consolidate", "vm1", config=config))
+        if result.code == 0:
+            committed = campaign.generation_bytes(generation)
+        else:
+            failed += 1
+            campaign.assert_clear_error(result, "No space left on device")
+        assert sandbox.store_file().read_bytes() == committed, f"data: the live file after generation {generation}"
+        assert campaign.history_problems(sandbox.state) == [] and campaign.temps_under(sandbox.state) == []
+    assert failed or what == "blocks", "the history never filled the disk: the test proves nothing"
+    config.write_text("history_max_bytes = 1\n")  # prune to the newest generation
+    campaign.write_legacy(sandbox.libvirt / "vm1", campaign.generation_files(3))
+    result = campaign.run_script(sandbox.argv("consolidate", "vm1", config=config))
+    assert sandbox.store_file().read_bytes() in (committed, campaign.generation_bytes(3)), result
+    kept = list((sandbox.state / "history").glob("*/*/*.xml"))
+    assert len(kept) <= 1 and campaign.history_problems(sandbox.state) == [], (kept, result)
+    campaign.count(f"full disk: history commits out of {what}", 22)
