@@ -241,7 +241,9 @@ class Store:
     def _commit(self, tree: model.Tree, data: bytes, sources: index.Sources | None, by: str) -> None:
         path = self.path(tree.kind, tree.domain)
         keeping = self.history.limits.keep > 0
-        before = self._before(tree.kind, tree.domain) if keeping else None
+        # Only a stat before the rename: what the old file held is read after
+        # it (its index still describes it), off the commit's visible latency.
+        replaced = self._identity(path) if keeping else None
         kept: list[history.Pending] = []
 
         def link_old(dir_fd: int) -> None:
@@ -257,22 +259,28 @@ class Store:
                 raise
             kept.clear()
             fsio.atomic_write(path, data, before_rename=link_old)
+        before = self._replaced(tree.kind, tree.domain, replaced, kept[0]) if kept and replaced else None
         after = _snapshot(tree, data) if keeping else None
         self._write_index(tree, sources, after)  # under the lock: no other commit can slip in
         if kept and before is not None and after is not None:
             self.history.record(kept[0], before, after, by)
 
-    def _before(self, kind: kinds.Kind, domain: str) -> history.Snapshot | None:
-        """What the file about to be replaced holds: from its index, or (stale
-        index) from the file itself; None when there is no file."""
-        of = self._identity(self.path(kind, domain))
-        if of is None:
-            return None
-        found = self._read_index(kind, domain, of)  # not rebuilt here: the commit writes it anew
+    def _replaced(self, kind: kinds.Kind, domain: str, of: index.Identity,
+                  pending: history.Pending) -> history.Snapshot | None:
+        """What the replaced file held: from its index (not yet rewritten, and
+        checked against the file's identity), else parsed from the generation."""
+        from snapstore.formats import consolidated
+
+        found = self._read_index(kind, domain, of)
         if found is not None and found.digests is not None:
             return history.Snapshot(found.digests, found.current, found.sha256)
-        tree = self.read_tree(kind, domain)
-        return history.Snapshot({m.name: m.digest for m in tree.moments}, tree.current, None) if tree else None
+        try:
+            data = self.history.read(kind, domain, pending.number, self.read_limit)
+            tree = consolidated.parse_consolidated(data, kind, f"generation {pending.number}", self.read_limit)
+        except errors.SnapstoreError as e:
+            self.warn(f"{domain}: history of its {kind.plural}: generation {pending.number} not read: {e}")
+            return None
+        return history.Snapshot({m.name: m.digest for m in tree.moments}, tree.current, None)
 
     def _refuse_unreadable(self, tree: model.Tree, data: bytes) -> None:
         """Never commit a file every later command would refuse to read."""
