@@ -60,6 +60,8 @@ PREFIX = "snapbench-"
 DESCRIPTION = "bench snapshot"
 SEGMENT = 10
 MIB = 1024 * 1024
+DEFAULT_HISTORY_MAX_BYTES = 256 * MIB  # snapstore/config.py's history_max_bytes
+HISTORY_COMMAND_GENERATIONS = 4        # generations behind `history` and `diff` at the largest N
 
 
 def unit_watchdog_usec() -> int:
@@ -385,6 +387,15 @@ def stats(samples: list[Sample]) -> dict[str, Any]:
     return result
 
 
+def bootstrap_interval(a: list[float], b: list[float], p: float, resamples: int = 2000) -> tuple[float, float]:
+    """90% interval of percentile(a, p) - percentile(b, p), both resampled
+    with replacement: how far the noise of this run lets the difference be read."""
+    rng = random.Random(0)
+    found = sorted(percentile(rng.choices(a, k=len(a)), p) - percentile(rng.choices(b, k=len(b)), p)
+                   for _ in range(resamples))
+    return found[resamples // 20], found[resamples - resamples // 20 - 1]
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
@@ -420,8 +431,8 @@ class Bench:
     # --- helpers ---
 
     def snapstore(self, *args: str, state: Path | None = None, libvirt_dir: Path = SNAPSHOT_ROOT,
-                  checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
-        return [str(SNAPSTORE), "--config", str(self.config), "--libvirt-dir", str(libvirt_dir),
+                  checkpoint_dir: Path = CHECKPOINT_ROOT, config: Path | None = None) -> list[str]:
+        return [str(SNAPSTORE), "--config", str(config or self.config), "--libvirt-dir", str(libvirt_dir),
                 "--checkpoint-dir", str(checkpoint_dir), "--state-dir", str(state or self.state), *args]
 
     def row(self, section: str, what: str, n: int | None, value: float | None, unit: str = "s",
@@ -468,16 +479,25 @@ class Bench:
             self.daemons.pop().close()
 
     def start_daemon(self, libvirt_root: Path, state: Path, label: str,
-                     watchdog: bool = True) -> tuple[daemonproc.Daemon, float]:
+                     watchdog: bool = True, config: Path | None = None) -> tuple[daemonproc.Daemon, float]:
         """The real daemon with a notify socket (and WATCHDOG_USEC as the unit
         sets it, unless not ``watchdog``); seconds from spawn to READY=1."""
         started = time.monotonic()
-        daemon = daemonproc.Daemon(libvirt_root / "snapshot", libvirt_root / "checkpoint", state, self.config,
+        daemon = daemonproc.Daemon(libvirt_root / "snapshot", libvirt_root / "checkpoint", state,
+                                   config or self.config,
                                    self.work / f"daemon-{label}.log",
                                    watchdog_usec=unit_watchdog_usec() if watchdog else None)
         self.daemons.append(daemon)
         ready = daemon.wait_ready(timeout=900)
         return daemon, ready.at - started
+
+    def variant_config(self, label: str, **settings: int) -> Path:
+        """The bench's config (the daemon's quiet period) plus integer settings."""
+        path = self.work / f"snapstore-{label}.toml"
+        daemonproc.write_config(path, quiet_period=self.args.quiet_period)
+        with open(path, "a") as out:
+            out.writelines(f"{key} = {int(value)}\n" for key, value in settings.items())
+        return path
 
     def stop_daemon(self, daemon: daemonproc.Daemon) -> None:
         self.daemons.remove(daemon)
@@ -720,23 +740,11 @@ class Bench:
         daemon, _ = self.start_daemon(root, state, f"latency-{n}")
         store = self.store_file(domain, state)
         folder = root / "snapshot" / domain.name
-        files = sorted(folder.glob("*.xml"))
-        rng = random.Random(n)
-        latencies = []
-        with OpenCounter(folder) as opens:
-            cpu_before, read_before = _cpu_ticks(daemon.pid), _read_bytes(daemon.pid)
-            for k in range(self.args.latency_samples):
-                marker = f"bench change {k} {secrets.token_hex(4)}"
-                before = _identity(store)
-                renamed_at = _libvirt_write(rng.choice(files), marker)
-                latencies.append(_until_store_holds(store, marker.encode(), daemon.alive, before) - renamed_at)
-                time.sleep(rng.uniform(0.05, 0.15))
-            time.sleep(self.args.quiet_period)
-            changes = len(latencies)
-            cpu_per_change = (_cpu_ticks(daemon.pid) - cpu_before) / os.sysconf("SC_CLK_TCK") / changes
-            read_per_change = (_read_bytes(daemon.pid) - read_before) / changes
-            # _libvirt_write opens the file once itself to read it; the rest are the daemon's.
-            files_per_change = (opens.count() - changes) / changes
+        changed = self._changes([(daemon, store, folder)], self.args.latency_samples, random.Random(n))[0]
+        latencies = changed["latencies"]
+        cpu_per_change = changed["cpu_seconds_per_change"]
+        read_per_change = changed["bytes_read_per_change"]
+        files_per_change = changed["files_opened_per_change"]
         debounce = self.args.quiet_period
         floor = _durable_replace_floor(store, self.work / f"latency-{n}-floor")
         found = {"samples": [round(s, 6) for s in latencies], "p50": percentile(latencies, 50),
@@ -767,6 +775,43 @@ class Bench:
             for key, how in (("idle", "as the unit runs it"), ("idle_without_watchdog_usec", "no WATCHDOG_USEC")):
                 self.row("daemon", f"idle CPU, {how} (% of one CPU)", n, found[key]["cpu_percent"], unit="%")
                 self.row("daemon", f"idle wake-ups/s, {how}", n, found[key]["wakeups_per_second"], unit="/s")
+
+    def _changes(self, targets: list[tuple[daemonproc.Daemon, Path, Path]], count: int,
+                 rng: random.Random) -> list[dict[str, Any]]:
+        """``count`` descriptions changed the way libvirt writes, one file at a
+        time (chosen by ``rng``), 50-150 ms apart once committed: seconds from
+        each rename until the store file holds it; the daemon's CPU, bytes
+        read and snapshot files opened per change. ``targets``: (daemon, its
+        store file, the folder it watches); with more than one, each change
+        is made in every folder in turn (same file, same description; the
+        order alternates), so that they share whatever else the machine does."""
+        names = sorted(path.name for path in targets[0][2].glob("*.xml"))
+        latencies: list[list[float]] = [[] for _ in targets]
+        with contextlib.ExitStack() as stack:
+            opens = [stack.enter_context(OpenCounter(folder)) for _, _, folder in targets]
+            cpu_before = [_cpu_ticks(daemon.pid) for daemon, _, _ in targets]
+            read_before = [_read_bytes(daemon.pid) for daemon, _, _ in targets]
+            for k in range(count):
+                marker = f"bench change {k} {secrets.token_hex(4)}"
+                name = rng.choice(names)
+                order = list(range(len(targets)))
+                for i in order if k % 2 == 0 else order[::-1]:
+                    daemon, store, folder = targets[i]
+                    before = _identity(store)
+                    renamed_at = _libvirt_write(folder / name, marker)
+                    latencies[i].append(_until_store_holds(store, marker.encode(), daemon.alive, before) - renamed_at)
+                    time.sleep(rng.uniform(0.05, 0.15))
+            time.sleep(self.args.quiet_period)
+            found = []
+            for i, (daemon, _, _) in enumerate(targets):
+                changes = len(latencies[i])
+                # _libvirt_write opens the file once itself to read it; the rest are the daemon's.
+                found.append({"latencies": latencies[i],
+                              "cpu_seconds_per_change": (_cpu_ticks(daemon.pid) - cpu_before[i])
+                              / os.sysconf("SC_CLK_TCK") / changes,
+                              "bytes_read_per_change": (_read_bytes(daemon.pid) - read_before[i]) / changes,
+                              "files_opened_per_change": (opens[i].count() - changes) / changes})
+        return found
 
     def _idle(self, daemon: daemonproc.Daemon) -> dict[str, float]:
         time.sleep(1.0)
@@ -812,6 +857,210 @@ class Bench:
             self.row("rss", f"peak RSS {label}", n, mib, unit="MiB", baseline="3×file + 60 MiB",
                      base_value=limit_mib, ratio=mib / limit_mib, target="≤ 3×file + 60 MiB" if is_gated else "",
                      passed=mib <= limit_mib if is_gated else None)
+
+    # --- history (issue 13) ---
+
+    def history_n(self) -> int:
+        """The size of the commit figures: N = 1000 (built for the daemon's latency), else the largest below it."""
+        return 1000 if 1000 in self.domains else max(n for n in self.domains if n <= 1000)
+
+    def history_data(self) -> tuple[Domain, Path, Path]:
+        """A private copy of the N = 1000 folder and a state folder for it, consolidated (made once)."""
+        if not hasattr(self, "_history_data"):
+            domain = self.domains[self.history_n()]
+            root = self.copy_roots(self.work / f"history-{domain.count}", [domain])
+            state = self.work / f"history-{domain.count}-state"
+            run_timed(self.snapstore("consolidate", domain.name, state=state, libvirt_dir=root / "snapshot",
+                                     checkpoint_dir=root / "checkpoint"))
+            self._history_data = (domain, root, state)
+        return self._history_data
+
+    def history_disk_section(self) -> None:
+        """Disk used by 100 generations: 100 commits (`consolidate` after one
+        description changed the way libvirt writes), history_max_bytes raised
+        so that all 100 are kept; every 6th commit in between with history
+        off, for the cost of a commit with and without history."""
+        domain, root, state = self.history_data()
+        n, wanted = domain.count, self.args.history_generations
+        folder = root / "snapshot" / domain.name
+        files = sorted(folder.glob("*.xml"))
+        configs = {"on": self.variant_config("history-keep-all", history_max_bytes=1 << 40),
+                   "off": self.variant_config("history-off", history_keep=0)}
+        rng = random.Random(13)
+        # "on after off": the index an off commit wrote has no digests, so the
+        # next commit parses the file it replaces (apart: not the steady state).
+        seconds: dict[str, list[float]] = {"on": [], "off": [], "on after off": []}
+        k = 0
+        while len(seconds["on"]) + len(seconds["on after off"]) < wanted:
+            side = "off" if k % 6 == 5 else "on"
+            _libvirt_write(rng.choice(files), f"bench history {k} {secrets.token_hex(4)}")
+            seconds["on after off" if side == "on" and k % 6 == 0 and k else side].append(run_timed(self.snapstore(
+                "consolidate", domain.name, state=state, libvirt_dir=root / "snapshot",
+                checkpoint_dir=root / "checkpoint", config=configs[side])).seconds)
+            k += 1
+        history = state / "history"
+        usage = _disk_usage(history)
+        generations = sorted(history.rglob("*.xml"))
+        store = self.store_file(domain, state)
+        live = store.stat()
+        live_bytes = live.st_blocks * 512
+        inodes = {(p.stat().st_dev, p.stat().st_ino) for p in generations}
+        if len(generations) != wanted or len(inodes) != wanted or (live.st_dev, live.st_ino) in inodes:
+            raise RuntimeError(f"{history} holds {len(generations)} generation files ({len(inodes)} inodes), "
+                               f"expected {wanted} distinct from the live file")
+        # What the default history_max_bytes (256 MiB, snapstore/config.py) keeps of them: newest first.
+        kept, total = 0, 0
+        for path in sorted(generations, key=lambda p: int(p.stem), reverse=True):
+            total += path.stat().st_size
+            if kept and total > DEFAULT_HISTORY_MAX_BYTES:
+                break
+            kept += 1
+        du = subprocess.run(["du", "-s", "--block-size=1", str(history)], capture_output=True, text=True)
+        found = {"n": n, "generations": wanted, "store_bytes": live.st_size, "store_bytes_used": live_bytes,
+                 **usage, "du_bytes": int(du.stdout.split()[0]) if du.returncode == 0 else None,
+                 "kept_under_default_max_bytes": kept,
+                 "consolidate_after_one_change": {side: stats([Sample(t) for t in times])
+                                                  for side, times in seconds.items() if times}}
+        self.results.setdefault("history", {})["disk"] = found
+        per_generation = usage["generation_bytes"] / wanted
+        self.row("history", f"disk used by {wanted} generations (distinct inodes, st_blocks)", n,
+                 usage["total_bytes"] / MIB, unit="MiB", baseline="one consolidated file",
+                 base_value=live_bytes / MIB, ratio=usage["total_bytes"] / live_bytes)
+        self.row("history", "  per generation: its file (a hard link of the replaced inode)", n,
+                 per_generation / MIB, unit="MiB", baseline="one consolidated file", base_value=live_bytes / MIB,
+                 ratio=per_generation / live_bytes)
+        self.row("history", "  per generation: its records (.json + .moments.json)", n,
+                 usage["record_bytes"] / wanted / 1024, unit="KiB")
+        self.row("history", f"generations the default history_max_bytes ({DEFAULT_HISTORY_MAX_BYTES // MIB} MiB) "
+                 "keeps", n, kept, unit="gens", baseline="history_keep", base_value=100)
+        if seconds["off"]:
+            on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
+            self.row("history", "consolidate after one change, history on", n, on,
+                     baseline="history off (history_keep = 0)", base_value=off, ratio=on / off)
+        if seconds["on after off"]:
+            value = statistics.median(seconds["on after off"])
+            self.row("history", "  the same, first commit after one with history off (index without digests)",
+                     n, value, baseline="history off", base_value=statistics.median(seconds["off"]),
+                     ratio=value / statistics.median(seconds["off"]))
+
+    def history_latency_section(self) -> None:
+        """Change to commit with history off (history_keep = 0) and on (the
+        defaults), the same machinery as the daemon section: two daemons on
+        two copies of the same folder, the history-on one's state holding the
+        generations made above, each change made in both folders in turn."""
+        domain, root_on, state_on = self.history_data()
+        n = domain.count
+        off_config = self.variant_config("history-off", history_keep=0)
+        root_off = self.copy_roots(self.work / f"history-off-{n}", [domain])
+        state_off = self.work / f"history-off-{n}-state"
+        run_timed(self.snapstore("consolidate", domain.name, state=state_off, libvirt_dir=root_off / "snapshot",
+                                 checkpoint_dir=root_off / "checkpoint", config=off_config))
+        targets = []
+        for side, root, state, config in (("off", root_off, state_off, off_config),
+                                          ("on", root_on, state_on, self.config)):
+            daemon, _ = self.start_daemon(root, state, f"history-{side}", config=config)
+            targets.append((daemon, self.store_file(domain, state), root / "snapshot" / domain.name))
+        rng = random.Random(n + 13)
+        # One untimed change first: each daemon's first commit (the history-on
+        # one prunes down to its limits then), and both idle again.
+        self._changes(targets, 1, rng)
+        for daemon, _, _ in targets:
+            _settle(daemon.pid)
+        runs = dict(zip(("off", "on"), self._changes(targets, self.args.history_samples, rng)))
+        for daemon, _, _ in targets:
+            self.stop_daemon(daemon)
+        found: dict[str, Any] = {"n": n, "debounce": self.args.quiet_period}
+        for side, run in runs.items():
+            latencies = run.pop("latencies")
+            found[side] = {"samples": [round(t, 6) for t in latencies], "p50": percentile(latencies, 50),
+                           "p99": percentile(latencies, 99), "max": max(latencies), **run}
+        on, off = found["on"], found["off"]
+        paired = [a - b for a, b in zip(on["samples"], off["samples"])]
+        low, high = bootstrap_interval(on["samples"], off["samples"], 50)
+        found.update(p50_difference=on["p50"] - off["p50"], p99_difference=on["p99"] - off["p99"],
+                     p50_difference_interval_90=[low, high],
+                     p99_difference_interval_90=list(bootstrap_interval(on["samples"], off["samples"], 99)),
+                     paired_difference_median=statistics.median(paired),
+                     paired_difference_quartiles=statistics.quantiles(paired, n=4))
+        self.results.setdefault("history", {})["latency"] = found
+        samples = len(on["samples"])
+        for label in ("p50", "p99"):
+            self.row("history", f"change-to-commit {label}, history off (history_keep = 0)", n, off[label],
+                     baseline="debounce", base_value=self.args.quiet_period)
+            self.row("history", f"change-to-commit {label}, history on (defaults)", n, on[label],
+                     baseline="history off", base_value=off[label], ratio=on[label] / off[label])
+        # The verdict only when the noise allows one: the 90% interval wholly on one side of the target.
+        resolved = high <= 0.002 or low > 0.002
+        self.row("history", f"change-to-commit p50, on − off ({samples} changes each; 90% bootstrap interval "
+                 f"{low * 1e3:+.1f} … {high * 1e3:+.1f} ms)", n, found["p50_difference"] * 1e3, unit="ms",
+                 target="≤ +2 ms" if resolved else "≤ +2 ms (not resolved)",
+                 passed=(high <= 0.002) if resolved else None)
+        self.row("history", "change-to-commit p99, on − off", n, found["p99_difference"] * 1e3, unit="ms")
+        self.row("history", "change-to-commit, median of the paired differences (on − off, same change)", n,
+                 found["paired_difference_median"] * 1e3, unit="ms")
+        self.row("history", "daemon CPU per change, history on", n, on["cpu_seconds_per_change"] * 1e3, unit="ms",
+                 baseline="history off", base_value=off["cpu_seconds_per_change"] * 1e3,
+                 ratio=on["cpu_seconds_per_change"] / off["cpu_seconds_per_change"])
+        self.row("history", "bytes the daemon reads per change, history on", n, on["bytes_read_per_change"] / MIB,
+                 unit="MiB", baseline="history off", base_value=off["bytes_read_per_change"] / MIB,
+                 ratio=on["bytes_read_per_change"] / off["bytes_read_per_change"])
+
+    def history_commands_section(self) -> None:
+        """`history DOM` and `diff DOM` at the largest N, a few generations
+        made by `consolidate` after one change each; `list DOM` the baseline.
+        Also `diff -v` (parses both files) and `diff` once `list` has rebuilt
+        a stale index (the store file replaced behind snapstore's back)."""
+        n = max(self.domains)
+        domain = self.domains[n]
+        root = self.copy_roots(self.work / f"history-commands-{n}", [domain])
+        state = self.work / f"history-commands-{n}-state"
+        folder = root / "snapshot" / domain.name
+        rng = random.Random(n + 1)
+
+        def snapstore(*args: str) -> list[str]:
+            return self.snapstore(*args, state=state, libvirt_dir=root / "snapshot", checkpoint_dir=root / "checkpoint")
+
+        gens = HISTORY_COMMAND_GENERATIONS
+        run_timed(snapstore("consolidate", domain.name))
+        for k, path in enumerate(rng.sample(sorted(folder.glob("*.xml")), gens)):  # a different file each time
+            _libvirt_write(path, f"bench history command {k} {secrets.token_hex(4)}")
+            run_timed(snapstore("consolidate", domain.name))
+        commands = {
+            "snapstore list": snapstore("list", domain.name),
+            "snapstore history": snapstore("history", domain.name),
+            "snapstore history --json": snapstore("history", domain.name, "--json"),
+            "snapstore diff": snapstore("diff", domain.name),
+            "snapstore diff 1 GEN": snapstore("diff", domain.name, "1", str(gens)),
+            "snapstore diff -v": snapstore("diff", domain.name, "-v"),
+        }
+        shown = {label: run_timed(argv, capture=True).extra["stdout"].decode() for label, argv in commands.items()}
+        if len(shown["snapstore history"].splitlines()) != gens + 1 or \
+                f"generation {gens} -> live: ~1" not in shown["snapstore diff"] or \
+                f"generation 1 -> {gens}: ~{gens - 1}" not in shown["snapstore diff 1 GEN"]:
+            raise RuntimeError(f"unexpected output: {shown['snapstore history']!r} {shown['snapstore diff']!r} "
+                               f"{shown['snapstore diff 1 GEN']!r}")
+        cases = [Case(label, lambda argv=argv: run_timed(argv)) for label, argv in commands.items()]
+        found = measure(cases, self.repeats(), self.repeats(long=True))
+        # Last and apart: once `list` has rebuilt a stale index from the file,
+        # the index holds no digests and `diff` parses the live file.
+        store = self.store_file(domain, state)
+        found.update(measure([Case("snapstore diff, stale index", lambda: run_timed(commands["snapstore diff"]),
+                                   prepare=lambda: (_recommit(store), run_timed(commands["snapstore list"])))],
+                             self.repeats(), self.repeats(long=True)))
+        found["generations"] = gens
+        found["store_bytes"] = store.stat().st_size
+        self.results.setdefault("history", {})["commands"] = {str(n): found}
+        base = found["snapstore list"]["median"]
+        gated = n >= 10000
+        self.row("history", "snapstore list (baseline)", n, base)
+        for label in ("snapstore history", "snapstore diff", "snapstore history --json", "snapstore diff 1 GEN",
+                      "snapstore diff -v", "snapstore diff, stale index"):
+            value = found[label]["median"]
+            target = label in ("snapstore history", "snapstore diff")
+            self.row("history", f"{label} ({gens} generations)" if label == "snapstore history" else label, n, value,
+                     baseline="snapstore list", base_value=base, ratio=value / base,
+                     target=("≤ 0.5 s" if gated else "(≤ 0.5 s at N=10000)") if target else "",
+                     passed=value <= 0.5 if gated and target else None)
 
     # --- profiles ---
 
@@ -883,6 +1132,19 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _settle(pid: int, quiet: float = 0.5, timeout: float = 120.0) -> None:
+    """Until the process has used no CPU for ``quiet`` seconds (its work after a commit done)."""
+    deadline = time.monotonic() + timeout
+    ticks = _cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = _cpu_ticks(pid)
+        if now == ticks:
+            return
+        ticks = now
+    raise RuntimeError(f"process {pid} still busy after {timeout} s")
 
 
 def _context_switches(pid: int) -> int:
@@ -1000,6 +1262,26 @@ def _durable_replace_floor(store: Path, scratch: Path, repeats: int = 15) -> flo
     return statistics.median(times)
 
 
+def _disk_usage(folder: Path) -> dict[str, int]:
+    """Bytes used under ``folder`` as du counts them: st_blocks × 512 of each
+    distinct inode (folders included); generation files (*.xml) and records apart."""
+    seen: set[tuple[int, int]] = set()
+    usage = {"total_bytes": 0, "generation_bytes": 0, "record_bytes": 0, "folder_bytes": 0, "files": 0}
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        used = info.st_blocks * 512
+        usage["total_bytes"] += used
+        if path.is_dir():
+            usage["folder_bytes"] += used
+        else:
+            usage["files"] += 1
+            usage["generation_bytes" if path.suffix == ".xml" else "record_bytes"] += used
+    return usage
+
+
 def _identity(path: Path) -> tuple[int, int, int] | None:
     try:
         info = os.stat(path)
@@ -1096,7 +1378,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 # --- main ---------------------------------------------------------------------------------------
 
 
-SECTIONS = ("consolidate", "list", "transfer", "daemon", "rss")
+SECTIONS = ("consolidate", "list", "transfer", "daemon", "rss", "history")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1113,6 +1395,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--transfer-count", type=int, default=300)
     parser.add_argument("--latency-sizes", type=_ints, default=[10, 1000])
     parser.add_argument("--latency-samples", type=int, help="changes per size (default 60; --quick 20)")
+    parser.add_argument("--history-samples", type=int,
+                        help="changes per side (history on, off) for the history section (default 120; --quick 60)")
+    parser.add_argument("--history-generations", type=int, default=100,
+                        help="commits whose generations the history section measures on disk (default 100)")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10; --quick 4)")
     parser.add_argument("--quiet-period", type=float, default=0.25, help="the daemon's debounce (default 0.25)")
     parser.add_argument("--no-libvirtd-restart", dest="restart_libvirtd", action="store_false",
@@ -1133,7 +1419,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, name, getattr(args, name).resolve())
     quick = args.quick
     args.sizes = sorted(args.sizes or ([100, 1000] if quick else [100, 1000, 10000]))
-    for name, full, short in (("repeats", 7, 3), ("long_repeats", 3, 1), ("latency_samples", 60, 20),
+    for name, full, short in (("repeats", 7, 3), ("long_repeats", 3, 1), ("latency_samples", 60, 20), ("history_samples", 120, 60),
                               ("idle_seconds", 10.0, 4.0), ("libvirtd_restarts", 3, 1)):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
@@ -1180,6 +1466,10 @@ def main(argv: list[str]) -> int:
             sections += [("daemon start-up", bench.daemon_startup_section), ("daemon latency", bench.latency_section)]
         if "rss" in args.sections:
             sections.append(("peak RSS", bench.rss_section))
+        if "history" in args.sections:
+            sections += [("history: disk of generations", bench.history_disk_section),
+                         ("history: change to commit, on and off", bench.history_latency_section),
+                         ("history: history and diff", bench.history_commands_section)]
         if args.profile:
             sections.append(("profile", lambda: bench.profile(args.profile)))
         for label, section in sections:

@@ -3,14 +3,27 @@ consolidated, listed as a tree, and checked against libvirt's own view.
 
 libvirt here is the real qemu driver, embedded (qemu:///embed?root=DIR),
 driven through tests/lab.py so nothing touches the host's libvirt.
+
+    demo.py                      the commands in this process (the venv's snapstore)
+    demo.py --program PATH       the commands run by PATH, e.g. the Debian package's
+                                 /usr/bin/snapstore (scripts/demo --installed runs
+                                 this with Debian's python3 and its snapstore)
 """
 from __future__ import annotations
 
+import argparse
+import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+try:
+    import pytest  # noqa: F401  tests/support/cli.py (through lab) names it in type hints only
+except ModuleNotFoundError:  # Debian's python3 for the installed package has no pytest
+    sys.modules["pytest"] = types.ModuleType("pytest")
 
 from lab import Lab  # noqa: E402
 from lxml import etree  # noqa: E402
@@ -20,14 +33,25 @@ from snapstore.formats import mapping, xmlsafe  # noqa: E402
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="snapstore's main job on a throw-away embedded libvirt.")
+    parser.add_argument("--program", metavar="PATH",
+                        help="run the snapstore commands with this program (an installed snapstore)")
+    program = parser.parse_args().program
     work = Path(tempfile.mkdtemp(prefix="snapstore-demo-"))
     lab, state = Lab(work / "libvirt"), work / "state"
     print(f"demo: throw-away libvirt root {lab.root}")
+    if program:
+        print(f"demo: snapstore commands run by {program}; this script reads the result with "
+              f"{Path(cli.__file__).parent.parent} (python {sys.executable})")
     build_tree(lab)
     options = ["--libvirt-dir", str(lab.snapshot_dir), "--state-dir", str(state)]
     for command in (["consolidate", "demo"], ["list", "demo", "--tree"], ["list", "demo"]):
-        print(f"\n$ snapstore {' '.join(command)}")
-        if cli.main(options + command):
+        print(f"\n$ snapstore {' '.join(command)}", flush=True)
+        if program:
+            code = subprocess.run([program, *options, *command], check=False).returncode
+        else:
+            code = cli.main(options + command)
+        if code:
             return 1
     print("\ncheck: consolidated file against libvirt's API view ...", end=" ")
     problems = compare(lab, store.Store(state))

@@ -51,6 +51,10 @@ FOREIGN_FILE = "SS406"
 IMAGE_LACKS_SNAPSHOT = "SS501"
 IMAGE_ORPHAN_SNAPSHOT = "SS502"
 IMAGE_UNREADABLE = "SS503"
+IMAGE_LACKS_BITMAP = "SS504"
+IMAGE_ORPHAN_BITMAP = "SS505"
+BITMAP_QEMU_DIED = "SS506"
+BITMAP_INCONSISTENT = "SS507"
 
 HISTORY_DAMAGED = "SS701"
 HISTORY_GAP = "SS702"
@@ -114,10 +118,16 @@ CODES: dict[str, Code] = {c.code: c for c in [
     Code(FOREIGN_FILE, WARNING),  # foreign file in a domain folder (libvirtd parses it at start)
     Code(IMAGE_LACKS_SNAPSHOT, ERROR),  # internal snapshot missing from its disk image
     Code(IMAGE_ORPHAN_SNAPSHOT, WARNING),  # disk image holds a snapshot without metadata
-    Code(IMAGE_UNREADABLE, WARNING),
+    Code(IMAGE_UNREADABLE, WARNING),  # disk image cannot be inspected
+    Code(IMAGE_LACKS_BITMAP, ERROR),  # a checkpoint's disk image lacks its bitmap (the backup chain is broken)
+    Code(IMAGE_ORPHAN_BITMAP, WARNING),  # disk image holds a persistent bitmap no checkpoint names
+    # bitmap in-use while libvirt's status file names a qemu that is gone (qemu died without closing the image)
+    Code(BITMAP_QEMU_DIED, ERROR),
+    # bitmap in-use in the image of a shut-off domain: qemu takes it as inconsistent and refuses it
+    Code(BITMAP_INCONSISTENT, ERROR),
     Code(HISTORY_DAMAGED, WARNING),  # a generation's file does not match its record, or cannot be parsed
     Code(HISTORY_GAP, WARNING),  # a number missing between the oldest and newest generation
     Code(HISTORY_MODE, WARNING),  # a history file wider than 0600
     Code(HISTORY_OVERSIZE, WARNING),  # a generation over max_store_bytes (undo could not read it)
-    Code(HISTORY_RECORD, WARNING),  # a generation without a readable record  # disk image cannot be inspected
+    Code(HISTORY_RECORD, WARNING),  # a generation without a readable record
 ]}

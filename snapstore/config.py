@@ -48,6 +48,14 @@ class Config(typing.NamedTuple):
     history_max_age: float = 30 * 86400.0
     history_max_bytes: int = 256 * 1024 * 1024
 
+    # Daemon: Prometheus metrics in node_exporter's textfile format, e.g.
+    # /var/lib/prometheus/node-exporter/snapstore.prom; None (or ""): off.
+    metrics_file: Path | None = None
+    # Mode of a metrics file (the daemon's and `check --metrics`'): the
+    # collector runs as another user, and the file holds domain names and
+    # counts only (README "Metrics"); 0o640 with a setgid folder, 0o600.
+    metrics_mode: int = 0o644
+
     def history_limits(self) -> history.Limits:
         return history.Limits(self.history_keep, self.history_max_age, self.history_max_bytes)
 
@@ -89,6 +97,10 @@ def overlay(config: Config, values: dict[str, Any], source: str) -> Config:
 
 def _convert(key: str, value: Any, default: Any, source: str) -> Any:
     try:
+        if key == "metrics_mode":
+            return _metrics_mode(_expect(value, int))
+        if Config._field_defaults[key] is None:  # an optional path (metrics_file): "" keeps it off
+            return Path(value) if _expect(value, str) else None
         if isinstance(default, Path):
             return Path(_expect(value, str))
         if isinstance(default, tuple):
@@ -96,8 +108,15 @@ def _convert(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(default, float):
             return float(_expect(value, (int, float)))
         return _expect(value, type(default))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise errors.ConfigError(path=source, reason=f"setting {key!r}: {e}") from None
+
+
+def _metrics_mode(mode: int) -> int:
+    """Owner read and write, and read for group or others at most."""
+    if mode & 0o600 != 0o600 or mode & ~0o644:
+        raise ValueError(f"expected 0o600, 0o640 or 0o644, got {mode:#o}")
+    return mode
 
 
 def _expect(value: Any, types: type | tuple[type, ...]) -> Any:

@@ -315,10 +315,13 @@ class Store:
         tree = self.read_tree(kind, domain)
         if tree is None:
             return None
+        # With history on, the digests too: diff and the next commit then parse nothing.
+        digests = {m.name: m.digest for m in tree.moments} if self.history.limits.keep > 0 else None
         if self._identity(path) == before:  # else the file changed while read: do not record a mix
             self._save_index(self.index_path(kind, domain),
-                             index.encode(domain, tree.current, _rows(tree), before, uuid=tree.uuid()))
-        return index.Entry(tree.current, _rows(tree), tree.uuid(), None)
+                             index.encode(domain, tree.current, _rows(tree), before, uuid=tree.uuid(),
+                                          digests=digests))
+        return index.Entry(tree.current, _rows(tree), tree.uuid(), None, digests)
 
     def _identity(self, path: Path) -> index.Identity | None:
         """The store file's identity, None when absent; the folder must be usable."""

@@ -37,11 +37,27 @@ def op_destroy(conn: libvirt.virConnect, root: Path, op: Op) -> None:
         dom.destroy()
 
 
+def op_wait_inactive(conn: libvirt.virConnect, root: Path, op: Op) -> None:
+    """Until libvirt takes the domain as shut off: reconnecting to a qemu that died runs in a thread
+    of the driver's open, and a start before it ends is skipped (the domain still looks active)."""
+    dom = conn.lookupByName(op["domain"])
+    deadline = time.monotonic() + op.get("timeout", 30.0)
+    while dom.isActive():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{op['domain']} still active")
+        time.sleep(0.01)
+
+
 def op_checkpoint(conn: libvirt.virConnect, root: Path, op: Op) -> None:
     definition = E.domaincheckpoint(E.name(op["name"]))
     if op.get("description") is not None:
         definition.append(E.description(op["description"]))
     conn.lookupByName(op["domain"]).checkpointCreateXML(etree.tostring(definition, encoding="unicode"), 0)
+
+
+def op_checkpoint_xml(conn: libvirt.virConnect, root: Path, op: Op) -> None:
+    """A checkpoint from the test's own <domaincheckpoint> (e.g. a <disks> list)."""
+    conn.lookupByName(op["domain"]).checkpointCreateXML(op["xml"], 0)
 
 
 def op_checkpoint_delete(conn: libvirt.virConnect, root: Path, op: Op) -> None:
@@ -110,12 +126,42 @@ OPS: dict[str, Callable[[Any, Path, Op], Any]] = {
     "attempt": op_attempt,
     "checkpoint_variant": op_checkpoint_variant,
     "start": op_start,
+    "wait_inactive": op_wait_inactive,
     "destroy": op_destroy,
     "checkpoint": op_checkpoint,
+    "checkpoint_xml": op_checkpoint_xml,
     "checkpoint_delete": op_checkpoint_delete,
     "checkpoint_redefine": op_checkpoint_redefine,
     "checkpoint_view": op_checkpoint_view,
 }
+
+
+def saved(domain: str, names: list[str]) -> list[Op]:
+    """Ops: start ``domain``, make checkpoints ``names``, shut it down (qemu writes their bitmaps
+    into the image only when it closes it)."""
+    return [{"op": "start", "domain": domain}, *({"op": "checkpoint", "domain": domain, "name": name} for name in names),
+            {"op": "destroy", "domain": domain}]
+
+
+def kill(root: Path, domain: str, timeout: float = 10.0) -> int:
+    """SIGKILL ``domain``'s qemu, as a crash would (its pid file under ROOT/run/qemu; libvirt's status
+    file stays, the embedded driver has no daemon to notice); its pid, once it is gone."""
+    pid = int((root / "run" / "qemu" / f"{domain}.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"qemu {pid} of {domain} outlived SIGKILL")
+        time.sleep(0.01)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    """Not gone and not a zombie (nothing of qemu is left in one)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop_all(root: Path) -> None:

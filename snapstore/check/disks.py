@@ -32,7 +32,9 @@ name, and no race between the type test and the open.
 
 Each image is asked once (``qemu-img info --output=json -U``: qemu 7.2's
 ``snapshot -l`` has no JSON output), whatever the number of snapshots; ``-U``
-reads an image a running domain holds.
+reads an image a running domain holds. ``Images`` keeps the answers of one
+check run, so the bitmap check of checkpoints (bitmaps.py) reads the same
+answer instead of running qemu-img again.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import os
 import stat
 import subprocess
 from collections import defaultdict
+from typing import Any, cast
 
 from lxml import etree
 
@@ -59,11 +62,14 @@ class _Refused(Exception):
     """An image refused or not readable; the message, put after the path, says why."""
 
 
-def check_images(report: findings.Report, domain: str, tree: model.Tree) -> None:
+def check_images(report: findings.Report, domain: str, tree: model.Tree, images: Images | None = None) -> None:
+    images = images if images is not None else Images()
     for image, names in sorted(_expected_by_image(tree).items()):
-        held = _image_snapshots(report, domain, image)
-        if held is None:
+        info = images.info(image)
+        if isinstance(info, str):
+            report_unreadable(report, domain, kinds.SNAPSHOT, image, info)
             continue
+        held = {snapshot["name"] for snapshot in info.get("snapshots", [])}
         for name in sorted(names - held):
             report.add(codes.IMAGE_LACKS_SNAPSHOT, f"snapshot {name!r} is internal but {image} does not hold it",
                        domain, kinds.SNAPSHOT, name, image,
@@ -93,10 +99,10 @@ def _expected_by_image(tree: model.Tree) -> dict[str, set[str]]:
 def internal_images(snapshot: etree._Element) -> list[str]:
     """Source paths of the local qcow2 disks that hold ``snapshot`` (a <domainsnapshot>) internally."""
     disks = snapshot.findall("domain/devices/disk")
-    entries = _entries_by_disk(snapshot, disks)
+    entries = entries_by_disk(snapshot, disks)
     default = _default_location(snapshot)
     located = ((disk, _location(disk, entries.get(index), default)) for index, disk in enumerate(disks))
-    return [path for disk, where in located if where == "internal" and (path := _qcow2_path(disk)) is not None]
+    return [path for disk, where in located if where == "internal" and (path := qcow2_path(disk)) is not None]
 
 
 def _default_location(snapshot: etree._Element) -> str:
@@ -137,14 +143,19 @@ def _own_location(disk: etree._Element) -> str | None:
     """The domain disk's snapshot= after libvirt's post-parse (read-only, and so every cdrom: 'no')."""
     if disk.get("snapshot"):
         return disk.get("snapshot")
-    read_only = disk.find("readonly") is not None or disk.get("device") == "cdrom"
-    return "no" if read_only else None
+    return "no" if is_read_only(disk) else None
 
 
-def _entries_by_disk(snapshot: etree._Element, disks: list[etree._Element]) -> dict[int, etree._Element]:
-    """Index of a domain disk -> its <disks> entry (the first one: libvirt refuses a second)."""
+def is_read_only(disk: etree._Element) -> bool:
+    """libvirt's post-parse: a <readonly/> disk, and every cdrom."""
+    return disk.find("readonly") is not None or disk.get("device") == "cdrom"
+
+
+def entries_by_disk(moment: etree._Element, disks: list[etree._Element]) -> dict[int, etree._Element]:
+    """Index of a domain disk -> its <disks> entry (the first one: libvirt refuses a second);
+    a snapshot's and a checkpoint's <disks> name their disks alike."""
     entries: dict[int, etree._Element] = {}
-    for entry in snapshot.iterfind("disks/disk"):
+    for entry in moment.iterfind("disks/disk"):
         index = _disk_index(disks, entry.get("name", ""))
         if index is not None:
             entries.setdefault(index, entry)
@@ -154,12 +165,12 @@ def _entries_by_disk(snapshot: etree._Element, disks: list[etree._Element]) -> d
 def _disk_index(disks: list[etree._Element], name: str) -> int | None:
     """libvirt's virDomainDiskByName: a target, or (leading '/') an unambiguous source path."""
     if not name.startswith("/"):
-        return next((i for i, disk in enumerate(disks) if _target(disk) == name), None)
+        return next((i for i, disk in enumerate(disks) if target(disk) == name), None)
     found = [i for i, disk in enumerate(disks) if name in _source_names(disk)]
     return found[0] if len(found) == 1 else None
 
 
-def _target(disk: etree._Element) -> str | None:
+def target(disk: etree._Element) -> str | None:
     target = disk.find("target")
     return target.get("dev") if target is not None else None
 
@@ -174,7 +185,8 @@ def _driver_type(element: etree._Element) -> str | None:
     return driver.get("type") if driver is not None else None
 
 
-def _qcow2_path(disk: etree._Element) -> str | None:
+def qcow2_path(disk: etree._Element) -> str | None:
+    """The image of a local qcow2 disk (the only kind qemu-img is asked about), else None."""
     attribute = _SOURCE_ATTRIBUTE.get(disk.get("type", "file"))  # libvirt's default disk type is file
     source = disk.find("source")
     if _driver_type(disk) != "qcow2" or attribute is None or source is None:
@@ -184,27 +196,50 @@ def _qcow2_path(disk: etree._Element) -> str | None:
 
 # --------------------------------------------------------------------------- asking the image
 
-def _image_snapshots(report: findings.Report, domain: str, image: str) -> set[str] | None:
-    try:
-        return _held(image)
-    except _Refused as e:
-        message = f"{image} {e}"
-    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as e:
-        message = f"{image} cannot be inspected: {e}"
-    report.add(codes.IMAGE_UNREADABLE, message, domain, kinds.SNAPSHOT, None, image, _UNREADABLE_HINT)
-    return None
+class Images:
+    """``qemu-img info`` of each image, asked once per check run: the snapshot
+    and the bitmap checks share the answer. An answer is reused only while
+    the image is the same object, unchanged (device, inode, size, mtime)."""
+
+    def __init__(self) -> None:
+        self._answers: dict[str, tuple[tuple[int, int, int, int], dict[str, Any] | str]] = {}
+
+    def info(self, image: str) -> dict[str, Any] | str:
+        """qemu-img's JSON about ``image``, or why it cannot be inspected (the words after its path)."""
+        try:
+            fd, driver = _open_image(image)
+        except _Refused as e:
+            return str(e)
+        except OSError as e:
+            return f"cannot be inspected: {e}"
+        try:
+            info = os.fstat(fd)
+            key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            known = self._answers.get(image)
+            if known is None or known[0] != key:
+                known = self._answers[image] = (key, _ask(fd, driver))
+            return known[1]
+        finally:
+            os.close(fd)
 
 
-def _held(image: str) -> set[str]:
-    fd, driver = _open_image(image)
+def report_unreadable(report: findings.Report, domain: str, kind: kinds.Kind, image: str, why: str) -> None:
+    report.add(codes.IMAGE_UNREADABLE, f"{image} {why}", domain, kind, None, image, _UNREADABLE_HINT)
+
+
+def _ask(fd: int, driver: str) -> dict[str, Any] | str:
     try:
         result = subprocess.run(_info_command(fd, driver), capture_output=True, text=True, timeout=_TIMEOUT,
                                 check=False, pass_fds=(fd,), stdin=subprocess.DEVNULL)
-    finally:
-        os.close(fd)
-    if result.returncode != 0:
-        raise _Refused(f"cannot be inspected: {_qemu_reason(result.stderr)}")
-    return {snapshot["name"] for snapshot in json.loads(result.stdout).get("snapshots", [])}
+        if result.returncode != 0:
+            return f"cannot be inspected: {_qemu_reason(result.stderr)}"
+        info: object = json.loads(result.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        return f"cannot be inspected: {e}"
+    snapshots = info.get("snapshots", []) if isinstance(info, dict) else None
+    if not isinstance(snapshots, list) or not all(isinstance(s, dict) and "name" in s for s in snapshots):
+        return "cannot be inspected: qemu-img did not describe an image"
+    return cast(dict[str, Any], info)
 
 
 def _qemu_reason(stderr: str) -> str:

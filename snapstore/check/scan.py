@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from snapstore import codes, config, errors, fsio, kinds, legacydir, limits, model, naming, store
-from snapstore.check import disks, findings, generations, schema
+from snapstore.check import bitmaps, disks, findings, generations, schema
+from snapstore.check.disks import Images  # the field "disks" hides the module in Options
 from snapstore.formats import consolidated, legacy, mapping, xmlsafe
 
 _DEFINITION_LIMIT = 16 * 1024 * 1024
@@ -27,6 +28,8 @@ class Options:
     disks: bool = True
     schema_dir: Path = schema.SCHEMA_DIR
     definitions: Path | None = Path("/etc/libvirt/qemu")  # <domain>.xml, for the uuid check
+    run_dir: Path | None = bitmaps.RUN_DIR  # libvirt's status files: which domains run (the bitmap check)
+    images: Images = dataclasses.field(default_factory=Images)  # one qemu-img info per image, both kinds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +111,10 @@ class DomainCheck:
         if tree is not None and tree.moments:
             self._definition(tree)
             if self.options.disks and self.kind is kinds.SNAPSHOT:
-                disks.check_images(self.report, self.domain, tree)
+                disks.check_images(self.report, self.domain, tree, self.options.images)
+        if tree is not None and self.options.disks and self.kind is kinds.CHECKPOINT:
+            bitmaps.check_bitmaps(self.report, self.domain, tree, scan.stored, self.options.images,
+                                  self.options.run_dir, self.options.definitions)
         return scan
 
     def _count(self, scan: Scan) -> None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from snapstore import config, errors, kinds, store
-from snapstore.daemon import debounce, logs, messages, notify, sync, watcher
+from snapstore.daemon import debounce, logs, messages, metrics, notify, sync, watcher
 
 log = logging.getLogger("snapstore.daemon")
 _WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked often
@@ -33,6 +33,7 @@ class Service:
         self._next_ping = self.clock() if self.notifier.watchdog_interval else float("inf")
         self._ready = False
         self._next_extension = self.clock()
+        self.metrics = metrics.Exporter(settings)
         self._build()
 
     def _build(self) -> None:
@@ -49,6 +50,7 @@ class Service:
         self._install_signals()
         self.watcher.start()  # before the first scan: no change can fall in between
         self.reconcile(at_start=True)
+        self.metrics.publish(self.sync.domains, self.clock())
         self.notifier.ready(self.sync.status())
         self._ready = True
         log.info("ready: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
@@ -61,14 +63,16 @@ class Service:
                 next_reconcile = now + self.settings.reconcile_interval
             # No watchdog: no ping deadline (_next_ping is infinite; a past one would make the loop spin).
             deadline = min(d for d in (self.debouncer.next_due(), next_reconcile, self._next_ping,
-                                       now + _WAKE_AT_LEAST) if d is not None)
+                                       self.metrics.next_due(), now + _WAKE_AT_LEAST) if d is not None)
             if not self._handle(self._wait(deadline - now)):
                 break
             self._sync_due()
             self._check_watcher()
+            self.metrics.publish(self.sync.domains, self.clock())  # after the commits due: never before one
             self.notifier.status(self.sync.status())
         self.notifier.stopping()
         self.watcher.stop()
+        self.metrics.close()
         log.info("stopped", extra=logs.fields(logs.STOPPED))
         return 0
 
@@ -130,7 +134,9 @@ class Service:
 
     def _sync_one(self, key: sync.Key, at_start: bool = False) -> None:
         """Sync a domain; an unsettled or failed one is retried through the debouncer."""
-        delay = self.sync.retry_after(key, self.sync.sync(key, at_start))
+        outcome = self.sync.sync(key, at_start)
+        self.metrics.record(key, outcome)
+        delay = self.sync.retry_after(key, outcome)
         if delay is not None:
             self.debouncer.retry(key, self.clock() + delay)
 
@@ -161,6 +167,7 @@ class Service:
             self.settings = self.reload_settings()
         except errors.SnapstoreError as e:
             log.error("reload failed, keeping the old settings: %s", e, extra=logs.fields(logs.FAILED))
+        self.metrics.configure(self.settings)
         self.watcher.stop()
         self._build()
         self.watcher.start()

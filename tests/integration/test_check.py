@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import labcheckpoints
 import pytest
 from lab import Lab
 from lxml import etree
@@ -116,7 +117,7 @@ class Env:
     def argv(self, *args: str) -> list[str]:
         return ["--libvirt-dir", str(self.snapshots), "--checkpoint-dir", str(self.checkpoints),
                 "--state-dir", str(self.state), "--config", str(self.config),
-                "check", "--definitions", str(self.definitions), *args]
+                "check", "--definitions", str(self.definitions), "--run-dir", str(self.root / "run" / "qemu"), *args]
 
 
 def lab_env(base: Path, ops: list[list[dict[str, Any]]], bulk: tuple[str, int, int] | None = None) -> Env:
@@ -385,6 +386,38 @@ def image_moved_away(env: Env) -> None:
     env.image.rename(env.image.with_suffix(".moved"))
 
 
+CP = "cp"  # the bitmap cases' domain, beside vm1 (tests/integration/test_bitmaps.py has more)
+
+
+def checkpointed(env: Env) -> Path:
+    """Domain cp in env's lab with checkpoints c1 <- c2, made while it ran and saved by its
+    shutdown, consolidated; its image."""
+    Lab(env.root).run([{"op": "define", "domain": CP}, *labcheckpoints.saved(CP, ["c1", "c2"])])
+    assert cli.main(["--libvirt-dir", str(env.snapshots), "--checkpoint-dir", str(env.checkpoints), "--state-dir",
+                     str(env.state), "--config", str(env.config), "consolidate", CP, "--checkpoints"]) == 0
+    return env.root / "images" / f"{CP}.qcow2"
+
+
+def bitmap(env: Env, action: str, name: str) -> None:
+    """qemu-img bitmap --remove/--add on cp's image, with cp shut off."""
+    subprocess.run(["qemu-img", "bitmap", action, str(checkpointed(env)), name], check=True,
+                   timeout=SUBPROCESS_TIMEOUT)
+
+
+def qemu_died(env: Env) -> None:
+    """cp started again (its bitmaps are in use) and its qemu SIGKILLed; libvirt's status file stays."""
+    checkpointed(env)
+    Lab(env.root).run([{"op": "start", "domain": CP}])
+    labcheckpoints.kill(env.root, CP)
+
+
+def bitmaps_inconsistent(env: Env) -> None:
+    """After qemu_died, libvirt sees the crash, starts cp (qemu loads the in-use bitmaps as
+    inconsistent) and shuts it down (qemu never saves an inconsistent bitmap: it stays in use)."""
+    qemu_died(env)
+    Lab(env.root).run([{"op": "wait_inactive", "domain": CP}, *labcheckpoints.saved(CP, [])])
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     id: str
@@ -487,6 +520,12 @@ CASES = [
     case("image-lacks-snapshot", image_lacks_snapshot, codes.IMAGE_LACKS_SNAPSHOT, 3, at="s3", own_lab=True),
     case("image-orphan-snapshot", image_orphan_snapshot, codes.IMAGE_ORPHAN_SNAPSHOT, 1, at="extra", own_lab=True),
     case("image-unreadable", image_moved_away, codes.IMAGE_UNREADABLE, 1, at="vm1.qcow2", own_lab=True),
+    case("bitmap-missing", lambda env: bitmap(env, "--remove", "c2"), codes.IMAGE_LACKS_BITMAP, 3, at="c2",
+         own_lab=True),
+    case("bitmap-without-checkpoint", lambda env: bitmap(env, "--add", "extra"), codes.IMAGE_ORPHAN_BITMAP, 1,
+         at="extra", own_lab=True),
+    case("bitmap-in-use-qemu-died", qemu_died, codes.BITMAP_QEMU_DIED, 3, at="cp.qcow2", own_lab=True),
+    case("bitmap-inconsistent", bitmaps_inconsistent, codes.BITMAP_INCONSISTENT, 3, at="cp.qcow2", own_lab=True),
 ]
 DISK_CASES = [c for c in CASES if c.own_lab]
 
