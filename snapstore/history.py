@@ -20,6 +20,7 @@ Everything is 0600 (folders 0700), created O_EXCL|O_NOFOLLOW, fsynced.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -341,7 +342,5 @@ def _sha256_of(fd: int, name: str) -> str:
 
 
 def _unlink_if_present(fd: int, name: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=fd)
-    except FileNotFoundError:
-        pass

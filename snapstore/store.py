@@ -94,16 +94,9 @@ class Store:
         # The root may be a symlink (systemd's DynamicUser= makes
         # /var/lib/snapstore one); nothing inside it may be.
         created = [self.root] if _make_folder(self.root) else []
-        for name in _FOLDERS:
-            if _make_folder(self.root / name):
-                created.append(self.root / name)
-            with fsio.opened_dir(self.root / name):  # O_NOFOLLOW: refuses a symlink with a clear error
-                pass
+        created += [self.root / name for name in _FOLDERS if _make_usable(self.root / name)]
         try:  # history never blocks a commit: a folder it cannot have is a warning
-            if _make_folder(self.history.root):
-                created.append(self.history.root)
-            with fsio.opened_dir(self.history.root):
-                pass
+            created += [self.history.root] if _make_usable(self.history.root) else []
         except errors.SnapstoreError as e:
             self.warn(f"history: {e}")
         return created
@@ -458,6 +451,14 @@ def _log_warning(text: str) -> None:
     import logging  # only a library caller without its own warn gets here
 
     logging.getLogger("snapstore").warning("%s", text)
+
+
+def _make_usable(path: Path) -> bool:
+    """_make_folder, then refuse it unless it opens as a folder, not a symlink
+    (O_NOFOLLOW: a clear error); True when it was created."""
+    made = _make_folder(path)
+    with fsio.opened_dir(path) as _fd:
+        return made
 
 
 def _make_folder(path: Path) -> bool:

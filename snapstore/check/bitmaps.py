@@ -197,7 +197,7 @@ def covered(checkpoint: etree._Element, name: str) -> list[tuple[str, str, str]]
 
 def _current_images(state: State, definitions: Path | None, domain: str) -> set[str]:
     """The images the domain uses now (running: libvirt's live definition), for stray bitmaps."""
-    definition = state.live if state.live is not None else _read_xml(definitions, domain)
+    definition = state.live if state.live is not None else read_domain_xml(definitions, domain)
     if definition is None:
         return set()
     return {image for disk in definition.iterfind("devices/disk") if (image := disks.qcow2_path(disk)) is not None}
@@ -220,7 +220,7 @@ def domain_state(run_dir: Path | None, domain: str) -> State:
         return State(False)
     status = run_dir / f"{domain}.xml"
     try:
-        root = _read_xml(run_dir, domain, missing_ok=False)
+        root = read_domain_xml(run_dir, domain, missing_ok=False)
     except errors.SnapstoreError as e:
         return State(None, status, why=str(e))
     if root is None:
@@ -236,7 +236,7 @@ def domain_state(run_dir: Path | None, domain: str) -> State:
     return State(True, status, int(pid), _started(int(pid)), root.find("domain"))
 
 
-def _read_xml(folder: Path | None, domain: str, missing_ok: bool = True) -> etree._Element | None:
+def read_domain_xml(folder: Path | None, domain: str, missing_ok: bool = True) -> etree._Element | None:
     """``folder``/<domain>.xml parsed; None when it or the folder is missing (or, with
     ``missing_ok``, cannot be read); otherwise SnapstoreError."""
     if folder is None:

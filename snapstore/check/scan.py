@@ -18,7 +18,6 @@ from snapstore.check import bitmaps, disks, findings, generations, schema
 from snapstore.check.disks import Images  # the field "disks" hides the module in Options
 from snapstore.formats import consolidated, legacy, mapping, xmlsafe
 
-_DEFINITION_LIMIT = 16 * 1024 * 1024
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LINE = re.compile(r"^line \d+: ")
 
@@ -325,16 +324,10 @@ class DomainCheck:
 
 
 def _definition_uuid(folder: Path | None, domain: str) -> str | None:
-    if folder is None or naming.domain_problem(domain):
+    if naming.domain_problem(domain):
         return None
-    try:
-        with fsio.opened_dir_if_present(folder) as dir_fd:
-            if dir_fd is None:
-                return None
-            data = fsio.read_regular(dir_fd, f"{domain}.xml", _DEFINITION_LIMIT, folder / f"{domain}.xml")
-        uuid = xmlsafe.parse_bytes(data, str(folder / domain), _DEFINITION_LIMIT).findtext("uuid")
-    except errors.SnapstoreError:
-        return None
+    definition = bitmaps.read_domain_xml(folder, domain)  # None when absent or unreadable: no uuid check
+    uuid = definition.findtext("uuid") if definition is not None else None
     return uuid.strip().lower() if uuid else None
 
 

@@ -131,8 +131,7 @@ def check(env: Env, capsys: pytest.CaptureFixture[str]) -> Result:
 
 def traced_check(env: Env, tmp_path: Path, calls: str) -> tuple[Result, str]:
     """The console script under strace -f (children included): the result and the trace of ``calls``."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
+    assert shutil.which("strace"), "strace is a test dependency (scripts/install installs it)"
     env.consolidate()
     log = tmp_path / "strace.log"
     done = subprocess.run(["strace", "-f", "-qq", "-e", f"trace={calls}", "-o", str(log), str(SCRIPT),
