@@ -2,7 +2,7 @@
 
 Codes are never reused or renumbered. Groups: SS1xx file and parse, SS2xx
 tree, SS3xx store vs folder, SS4xx leftovers and permissions, SS5xx disk
-images, SS7xx history (SS6xx is kept for the fleet). Each has a severity
+images, SS6xx the fleet, SS7xx history. Each has a severity
 (its title is the comment beside it); hints live with the checks that know
 the domain and path they name.
 """
@@ -55,6 +55,12 @@ IMAGE_LACKS_BITMAP = "SS504"
 IMAGE_ORPHAN_BITMAP = "SS505"
 BITMAP_QEMU_DIED = "SS506"
 BITMAP_INCONSISTENT = "SS507"
+
+FLEET_DIVERGED = "SS601"
+FLEET_DUPLICATE = "SS602"
+FLEET_STALE_HOST = "SS603"
+FLEET_NOT_REPLICATED = "SS604"
+FLEET_QUEUED = "SS605"
 
 HISTORY_DAMAGED = "SS701"
 HISTORY_GAP = "SS702"
@@ -125,6 +131,11 @@ CODES: dict[str, Code] = {c.code: c for c in [
     Code(BITMAP_QEMU_DIED, ERROR),
     # bitmap in-use in the image of a shut-off domain: qemu takes it as inconsistent and refuses it
     Code(BITMAP_INCONSISTENT, ERROR),
+    Code(FLEET_DIVERGED, ERROR),  # one domain uuid holds different metadata on two hosts
+    Code(FLEET_DUPLICATE, WARNING),  # one domain uuid holds the same metadata on two hosts (a copy left behind)
+    Code(FLEET_STALE_HOST, WARNING),  # a host has not replicated for longer than fleet.stale_after
+    Code(FLEET_NOT_REPLICATED, ERROR),  # a local domain's newest generation is neither in the fleet nor queued
+    Code(FLEET_QUEUED, WARNING),  # a local domain's newest generation is queued in the outbox, not yet in the fleet
     Code(HISTORY_DAMAGED, WARNING),  # a generation's file does not match its record, or cannot be parsed
     Code(HISTORY_GAP, WARNING),  # a number missing between the oldest and newest generation
     Code(HISTORY_MODE, WARNING),  # a history file wider than 0600

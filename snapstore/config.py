@@ -56,6 +56,19 @@ class Config(typing.NamedTuple):
     # counts only (README "Metrics"); 0o640 with a setgid folder, 0o600.
     metrics_mode: int = 0o644
 
+    # Fleet ([fleet] in the TOML file, README "Fleet"): replication of every
+    # generation to PostgreSQL. dsn: a libpq connection string or URI (a
+    # password belongs in a passfile=, never in the DSN); host_id: this
+    # host's name in the fleet and its database role ("" reads
+    # /etc/machine-id); outbox_max: generations queued before older ones of a
+    # domain with newer ones queued are dropped; stale_after: seconds since a
+    # host last replicated before `fleet check` calls it stale.
+    fleet_enabled: bool = False
+    fleet_dsn: str = ""
+    fleet_host_id: str = ""
+    fleet_outbox_max: int = 10000
+    fleet_stale_after: float = 3600.0
+
     def history_limits(self) -> history.Limits:
         return history.Limits(self.history_keep, self.history_max_age, self.history_max_bytes)
 
@@ -82,7 +95,29 @@ def load(path: Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise errors.ConfigError(path=path, reason=f"not valid TOML: {e}") from e
-    return overlay(Config(), data, str(path))
+    return overlay(Config(), _sections(data, str(path)), str(path))
+
+
+_SECTIONS = ("fleet",)
+
+
+def _sections(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[fleet] dsn = …`` as the field ``fleet_dsn``; a section's keys only there."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            flat.update((f"{key}_{name}", item) for name, item in value.items())
+        elif key.split("_", 1)[0] in _SECTIONS or key in _SECTIONS:
+            raise errors.ConfigError(path=source, reason=f"unknown setting {key!r} (fleet settings go in [fleet])")
+        else:
+            flat[key] = value
+    return flat
+
+
+def _shown(key: str) -> str:
+    """A field as the file spells it: 'dsn' in [fleet] for fleet_dsn."""
+    section, _, name = key.partition("_")
+    return f"{name!r} in [{section}]" if section in _SECTIONS else repr(key)
 
 
 def overlay(config: Config, values: dict[str, Any], source: str) -> Config:
@@ -90,9 +125,14 @@ def overlay(config: Config, values: dict[str, Any], source: str) -> Config:
     changes = {}
     for key, value in values.items():
         if key not in Config._fields:
-            raise errors.ConfigError(path=source, reason=f"unknown setting {key!r}")
+            raise errors.ConfigError(path=source, reason=f"unknown setting {_shown(key)}")
         changes[key] = _convert(key, value, getattr(config, key), source)
-    return config._replace(**changes)
+    result = config._replace(**changes)
+    if result.fleet_enabled and result.history_keep <= 0:
+        raise errors.ConfigError(path=source, reason=(
+            "[fleet] enabled needs history (history_keep of 1 or more): the fleet replicates generations, "
+            "which the history numbers"))
+    return result
 
 
 def _convert(key: str, value: Any, default: Any, source: str) -> Any:
@@ -109,7 +149,7 @@ def _convert(key: str, value: Any, default: Any, source: str) -> Any:
             return float(_expect(value, (int, float)))
         return _expect(value, type(default))
     except (TypeError, ValueError) as e:
-        raise errors.ConfigError(path=source, reason=f"setting {key!r}: {e}") from None
+        raise errors.ConfigError(path=source, reason=f"setting {_shown(key)}: {e}") from None
 
 
 def _metrics_mode(mode: int) -> int:

@@ -108,16 +108,19 @@ class Emptying(Refused):
 
 
 class Guarded(Refused):
-    """The store file was undone to a generation libvirt does not hold yet:
-    a commit from libvirt's folder would drop what the undo brought back."""
+    """The store file was brought back (``by`` an undo, a fleet pull) to
+    moments libvirt does not hold yet: a commit from libvirt's folder would
+    drop them."""
 
-    def __init__(self, *, domain: str, plural: str, number: int, missing: list[str], flag: str = "") -> None:
-        self.number, self.missing = number, missing
+    def __init__(self, *, domain: str, plural: str, by: str, missing: list[str], flag: str = "") -> None:
+        self.by, self.missing = by, missing
         shown = ", ".join(repr(name) for name in missing[:5]) + (" …" if len(missing) > 5 else "")
+        undo = by.startswith("undo to ")
+        done = f"undone to{by.removeprefix('undo to')}" if undo else f"set by {by}"
         super().__init__(domain=domain, reason=(
-            f"undone to generation {number}, and libvirt's folder lacks {len(missing)} of its {plural} ({shown}); "
+            f"{done}, and libvirt's folder lacks {len(missing)} of its {plural} ({shown}); "
             f"not replacing it: bring them back with 'snapstore restore {domain}{flag} --connect URI', or "
-            f"'snapstore undo {domain}{flag}' to undo the undo"))
+            f"'snapstore undo {domain}{flag}' to undo the {'undo' if undo else 'pull'}"))
 
 
 class FolderBusy(Refused):
@@ -158,3 +161,12 @@ class ConnectionFailed(SnapstoreError):
     def __init__(self, *, uri: str, reason: str) -> None:
         self.uri, self.reason = uri, reason
         super().__init__(f"{uri}: cannot connect to libvirt: {reason}")
+
+
+class FleetError(SnapstoreError):
+    """The fleet database cannot be reached or used; ``where`` names it
+    without a password."""
+
+    def __init__(self, *, where: str, reason: str) -> None:
+        self.where, self.reason = where, reason
+        super().__init__(f"fleet database {where}: {reason}")

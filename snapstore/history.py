@@ -81,6 +81,42 @@ class Snapshot(typing.NamedTuple):
     sha256: str | None
 
 
+class Committed(typing.NamedTuple):
+    """A generation as it became the live file: what the fleet replicates.
+
+    The same notion as a kept Generation, numbered alike: the live file is
+    generation ``number``, and keeps that number when a later commit
+    replaces it (``Generation.number``)."""
+
+    kind: kinds.Kind
+    domain: str
+    number: int
+    committed_at: float  # seconds since the epoch
+    committed_by: str
+    sha256: str
+    size: int
+    current: str | None
+    digests: dict[str, str]  # moment name -> digest
+    uuid: str | None
+    identity: list[int]  # the live file's (dev, ino, ...): a commit renames a new inode into place
+
+    def encode(self) -> dict[str, Any]:
+        return {"format": FORMAT, "kind": self.kind.name, "domain": self.domain, "generation": self.number,
+                "committed_at": self.committed_at, "committed_by": self.committed_by, "sha256": self.sha256,
+                "size": self.size, "moments": len(self.digests), "current": self.current,
+                "digests": self.digests, "uuid": self.uuid, "identity": self.identity}
+
+
+def decode_committed(data: dict[str, Any]) -> Committed:
+    """The inverse of Committed.encode (KeyError, TypeError, ValueError on a bad record)."""
+    if data["format"] != FORMAT:
+        raise ValueError(f"record format {data['format']!r}, expected {FORMAT}")
+    return Committed(kinds.by_name(str(data["kind"])), str(data["domain"]), int(data["generation"]),
+                     float(data["committed_at"]), str(data["committed_by"]), str(data["sha256"]),
+                     int(data["size"]), data["current"], {str(k): str(v) for k, v in data["digests"].items()},
+                     data["uuid"], [int(n) for n in data["identity"]])
+
+
 class Pending(typing.NamedTuple):
     """A generation linked before a commit's rename, to be recorded after it."""
 
@@ -153,6 +189,18 @@ class History:
             os.link(name, f"{newest + 1}.xml", src_dir_fd=store_fd, dst_dir_fd=fd, follow_symlinks=False)
         return Pending(kind, domain, newest + 1, live.st_size)
 
+    def live_number(self, store_fd: int, name: str, kind: kinds.Kind, domain: str) -> int:
+        """The generation number of the live store file ``name``: one past the
+        newest kept, or the newest itself when that is the live file's own
+        inode (linked by a commit that died before its rename)."""
+        live = os.stat(name, dir_fd=store_fd, follow_symlinks=False)
+        with fsio.opened_dir_if_present(self.folder(kind, domain)) as fd:
+            if fd is None:
+                return 1
+            held = numbers(fd)
+            newest = held[-1] if held else 0
+            return newest if newest and _same_inode(fd, f"{newest}.xml", live) else newest + 1
+
     def _write_record(self, pending: Pending, before: Snapshot, after: Snapshot, replaced_by: str) -> None:
         folder = self.folder(pending.kind, pending.domain)
         with fsio.opened_dir(folder) as fd:
@@ -206,25 +254,27 @@ class History:
 
     # --- undo's guard ---------------------------------------------------------------------
 
-    def guard(self, kind: kinds.Kind, domain: str, number: int, names: list[str]) -> None:
-        """After an undo: the moments libvirt must hold again before a commit
-        from its folder may replace the store file (see Store.replace)."""
+    def guard(self, kind: kinds.Kind, domain: str, names: list[str], by: str) -> None:
+        """After an undo or a fleet pull (``by``): the moments libvirt must hold
+        again before a commit from its folder may replace the store file (see
+        Store.replace)."""
         folder = self.folder(kind, domain)
-        data = json.dumps({"format": FORMAT, "generation": number, "moments": sorted(names)}).encode()
+        data = json.dumps({"format": FORMAT, "by": by, "moments": sorted(names)}).encode()
         with fsio.opened_dir(self.root) as root_fd, fsio.subfolder(root_fd, kind.plural) as kind_fd, \
                 fsio.subfolder(kind_fd, folder.name) as fd:
             fsio.write_replacing(fd, _GUARD, data)
             fsio.fsync_dir(fd, folder)
 
-    def guarded(self, kind: kinds.Kind, domain: str) -> tuple[int, set[str]] | None:
-        """(generation undone to, the moments it holds), or None."""
+    def guarded(self, kind: kinds.Kind, domain: str) -> tuple[set[str], str] | None:
+        """(the moments brought back, the commit that brought them), or None."""
         path = self.folder(kind, domain) / _GUARD
         with fsio.opened_dir_if_present(path.parent) as fd:
             if fd is None or not fsio.exists(fd, _GUARD):
                 return None
             try:
                 data = json.loads(fsio.read_regular(fd, _GUARD, _RECORD_LIMIT, path))
-                return int(data["generation"]), set(data["moments"])
+                by = data["by"] if "by" in data else f"undo to generation {int(data['generation'])}"  # 0.1's guards
+                return set(data["moments"]), str(by)
             except (ValueError, KeyError, TypeError) as e:
                 raise errors.FormatError(path=path, reason=f"not an undo guard: {e}") from e
 

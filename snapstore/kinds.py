@@ -24,3 +24,11 @@ CHECKPOINT = Kind("checkpoint", "checkpoints", "domaincheckpoint", "checkpoint-e
                   re.compile(r"[a-zA-Z0-9_\-][a-zA-Z0-9_\-.]*"))
 
 ALL = (SNAPSHOT, CHECKPOINT)
+
+
+def by_name(name: str) -> Kind:
+    """"snapshot" or "checkpoint" (ValueError otherwise)."""
+    for kind in ALL:
+        if kind.name == name:
+            return kind
+    raise ValueError(f"unknown kind {name!r}")

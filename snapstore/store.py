@@ -44,6 +44,8 @@ class Origin(typing.NamedTuple):
 
 
 UNDO = "undo"  # the start of what an undo's commit says replaced the file
+PULL = "fleet pull"  # the start of what a fleet pull's commit says
+_BRINGS_BACK = (UNDO, PULL)  # commits that may replace a guarded file (see _respect_undo)
 
 
 def legacy_origin(kind: kinds.Kind, domain: str) -> Origin:
@@ -54,7 +56,8 @@ def legacy_origin(kind: kinds.Kind, domain: str) -> Origin:
 class Store:
     def __init__(self, root: Path, lock_timeout: float = 10.0,
                  read_limit: int = limits.STORE_FILE, warn: Callable[[str], None] | None = None,
-                 keep: history.Limits = history.Limits()) -> None:
+                 keep: history.Limits = history.Limits(),
+                 on_commit: Callable[[history.Committed], None] | None = None) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
         self.read_limit = read_limit
@@ -63,6 +66,9 @@ class Store:
         self.warn = warn or _log_warning
         self.history = history.History(self.root / "history", keep, self.warn)
         self._held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth
+        # Told of each generation once it is live (the fleet's outbox), under
+        # the domain's lock; its failure is a warning: the commit stood.
+        self.on_commit = on_commit
 
     def path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / kind.plural / (naming.domain_stem(domain) + ".xml")
@@ -206,16 +212,22 @@ class Store:
             except errors.EnvironmentProblem as e:
                 raise errors.UnknownDomain(domain=domain, reason=f"no history of its {kind.plural}") from e
             tree = consolidated.parse_consolidated(data, kind, str(path), self.read_limit)
-            if dry_run:
-                return tree
-            self.replace(tree, allow_empty=True, by=f"{UNDO} to generation {number}")
-            self.history.guard(kind, domain, number, list(tree.by_name))
+            if not dry_run:
+                self.bring_back(tree, f"{UNDO} to generation {number}")
         return tree
 
+    def bring_back(self, tree: model.Tree, by: str) -> None:
+        """Commit ``tree`` (an undo's generation, a fleet pull), empty or not,
+        and guard it until libvirt holds its moments again: a commit from
+        libvirt's folder would otherwise drop what was brought back."""
+        with self.lock(tree.kind, tree.domain):
+            self.replace(tree, allow_empty=True, by=by)
+            self.history.guard(tree.kind, tree.domain, list(tree.by_name), by)
+
     def _respect_undo(self, tree: model.Tree, by: str) -> None:
-        """An undone store file is replaced only by another undo, or by a tree
-        that holds again every moment the undo brought back (libvirt redefined
-        them: the guard is lifted)."""
+        """A store file brought back (undo, fleet pull) is replaced only by
+        another such commit, or by a tree that holds again every moment it
+        brought back (libvirt redefined them: the guard is lifted)."""
         try:
             guarded = self.history.guarded(tree.kind, tree.domain)
         except errors.SnapstoreError as e:  # history never blocks a commit
@@ -223,13 +235,13 @@ class Store:
             return
         if guarded is None:
             return
-        number, names = guarded
+        names, brought_by = guarded
         missing = sorted(names - set(tree.by_name))
-        if by.startswith(UNDO) or not missing:
+        if by.startswith(_BRINGS_BACK) or not missing:
             self.history.unguard(tree.kind, tree.domain)
             return
         flag = " --checkpoints" if tree.kind is kinds.CHECKPOINT else ""
-        raise errors.Guarded(domain=tree.domain, plural=tree.kind.plural, number=number, missing=missing, flag=flag)
+        raise errors.Guarded(domain=tree.domain, plural=tree.kind.plural, by=brought_by, missing=missing, flag=flag)
 
     def _commit(self, tree: model.Tree, data: bytes, sources: index.Sources | None, by: str) -> None:
         path = self.path(tree.kind, tree.domain)
@@ -253,10 +265,30 @@ class Store:
             kept.clear()
             fsio.atomic_write(path, data, before_rename=link_old)
         before = self._replaced(tree.kind, tree.domain, replaced, kept[0]) if kept and replaced else None
-        after = _snapshot(tree, data) if keeping else None
+        after = _snapshot(tree, data) if keeping or self.on_commit else None
         self._write_index(tree, sources, after)  # under the lock: no other commit can slip in
         if kept and before is not None and after is not None:
             self.history.record(kept[0], before, after, by)
+        if self.on_commit is not None and after is not None:
+            self._announce(tree, after, len(data), kept[0].number + 1 if kept else None, by)
+
+    def _announce(self, tree: model.Tree, after: history.Snapshot, size: int, number: int | None, by: str) -> None:
+        """Tell on_commit of the generation now live (number: one past the
+        generation just kept; else the history's count, read here)."""
+        import time as clock
+
+        path = self.path(tree.kind, tree.domain)
+        try:
+            with fsio.opened_dir(path.parent) as fd:
+                info = fsio.identity(os.stat(path.name, dir_fd=fd, follow_symlinks=False))
+                if number is None:
+                    number = self.history.live_number(fd, path.name, tree.kind, tree.domain)
+            assert self.on_commit is not None and after.sha256 is not None
+            self.on_commit(history.Committed(tree.kind, tree.domain, number, clock.time(), by, after.sha256, size,
+                                             tree.current, after.digests, tree.uuid(), info))
+        except (OSError, errors.SnapstoreError) as e:
+            self.warn(f"{tree.domain}: fleet: generation of its {tree.kind.plural} not queued: {e} "
+                      "(the commit itself stands; the daemon queues it at its next start)")
 
     def _replaced(self, kind: kinds.Kind, domain: str, of: index.Identity,
                   pending: history.Pending) -> history.Snapshot | None:

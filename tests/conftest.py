@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lab import Lab  # noqa: E402
 from support.folders import env  # noqa: E402,F401  (a fixture: a committed vm1 to damage)
+from support.postgres import fleet_db, postgres  # noqa: E402,F401  (a real PostgreSQL, one database a test)
 
 
 @pytest.fixture

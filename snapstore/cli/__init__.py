@@ -18,7 +18,7 @@ from snapstore.cli import common
 # only the one asked for is imported.
 _COMMANDS = {("consolidate",): "consolidate", ("expand",): "expand", ("list",): "listing", ("check",): "check",
              ("dump", "restore", "transfer"): "bridge", ("history", "diff", "undo"): "history",
-             ("daemon",): "daemon"}
+             ("daemon",): "daemon", ("fleet",): "fleet"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -112,8 +112,15 @@ class Context:
         return self.config.root(kind)
 
     def store(self) -> store.Store:
-        return store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes,
-                           warn=self.warn, keep=self.config.history_limits())
+        """The state folder; with [fleet] enabled, each commit is queued in the outbox."""
+        state = store.Store(self.config.state_dir, self.config.lock_timeout, self.config.max_store_bytes,
+                            warn=self.warn, keep=self.config.history_limits())
+        if self.config.fleet_enabled:
+            from snapstore.fleet import outbox
+
+            box = outbox.Outbox(self.config.state_dir, self.config.fleet_outbox_max, self.warn)
+            state.on_commit = lambda committed: box.put(committed, state.path(committed.kind, committed.domain))
+        return state
 
     def say(self, line: str) -> None:
         if self.verbosity >= 0:

@@ -176,19 +176,26 @@ def run_undo(args: argparse.Namespace, context: common.Context) -> int:
     if not args.dry_run:
         state.prepare()
     tree = state.undo(kind, args.domain, number, dry_run=args.dry_run)
+    verb = "would make" if args.dry_run else "made"
+    say_brought_back(context, args, live, tree, f"{verb} generation {number} the live file", {"generation": number})
+    return 0
+
+
+def say_brought_back(context: common.Context, args: argparse.Namespace, live: model.Tree | None, tree: model.Tree,
+                     done: str, fields: dict[str, Any]) -> None:
+    """What an undo or a fleet pull changed in the store, and the steps that
+    bring libvirt in line (none under --dry-run)."""
     change = compare(live, tree) if live is not None else history.Change(sorted(tree.by_name), [], [],
                                                                           (None, tree.current))
+    steps = [] if args.dry_run else _next_steps(tree.domain, tree.kind)
     if args.json:
-        context.emit_json({"format": 1, "domain": args.domain, "kind": kind.name, "generation": number,
+        context.emit_json({"format": 1, "domain": tree.domain, "kind": tree.kind.name, **fields,
                            "dry_run": args.dry_run, **change._asdict(), "current": list(change.current),
-                           "summary": change.summary(), "next": _next_steps(args.domain, kind)})
-        return 0
-    verb = "would make" if args.dry_run else "made"
-    context.say(f"{common.printable(args.domain)}: {verb} generation {number} the live file ({change.summary()})")
-    if not args.dry_run:
-        for line in _next_steps(args.domain, kind):
-            context.say(line)
-    return 0
+                           "summary": change.summary(), "next": steps})
+        return
+    context.say(f"{common.printable(tree.domain)}: {done} ({change.summary()})")
+    for line in steps:
+        context.say(line)
 
 
 def _last(state: store.Store, kind: kinds.Kind, domain: str) -> int:
@@ -205,4 +212,4 @@ def _next_steps(domain: str, kind: kinds.Kind) -> list[str]:
             f"  snapstore restore {name}{flag} --connect qemu:///system   (redefines what libvirt lacks, "
             "parents first, current last)",
             f"  or, with libvirtd stopped: snapstore expand {name}{flag} --prune",
-            f"until then the daemon keeps this file (STATUS: undone); 'snapstore undo {name}{flag}' undoes the undo"]
+            f"until then the daemon keeps this file (STATUS: undone); 'snapstore undo {name}{flag}' takes it back"]

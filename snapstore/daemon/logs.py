@@ -20,6 +20,7 @@ ATTIC = "5e1f2b4c8a9d4e0fb1c2d3e4f5a60006"
 FAILED = "5e1f2b4c8a9d4e0fb1c2d3e4f5a60007"
 RESCAN = "5e1f2b4c8a9d4e0fb1c2d3e4f5a60008"
 STOPPED = "5e1f2b4c8a9d4e0fb1c2d3e4f5a60009"
+FLEET = "5e1f2b4c8a9d4e0fb1c2d3e4f5a6000a"
 
 
 def fields(message_id: str, domain: str | None = None, snapshot: str | None = None) -> dict[str, Any]:

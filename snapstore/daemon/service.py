@@ -11,8 +11,8 @@ import signal
 import time
 from collections.abc import Callable
 
-from snapstore import config, errors, kinds, store
-from snapstore.daemon import debounce, logs, messages, metrics, notify, sync, watcher
+from snapstore import config, errors, fleet, kinds, store
+from snapstore.daemon import debounce, logs, messages, metrics, notify, replication, sync, watcher
 
 log = logging.getLogger("snapstore.daemon")
 _WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked often
@@ -41,6 +41,10 @@ class Service:
                             warn=lambda text: log.warning("%s", text, extra=logs.fields(logs.FAILED)),
                             keep=self.settings.history_limits())
         state.prepare()
+        self.replication: replication.Replicator | None = None
+        if self.settings.fleet_enabled:
+            self.replication = replication.Replicator(self.settings, state, fleet.host_id(self.settings))
+            state.on_commit = self.replication.committed
         self.sync = sync.Synchronizer(self.settings, state, self.clock)
         self.debouncer: debounce.Debouncer[sync.Key] = debounce.Debouncer(self.settings.quiet_period)
         roots = {kind: self.sync.root(kind) for kind in kinds.ALL}
@@ -49,11 +53,12 @@ class Service:
     def run(self) -> int:
         self._install_signals()
         self.watcher.start()  # before the first scan: no change can fall in between
+        self._start_replication()
         self.reconcile(at_start=True)
         self.metrics.publish(self.sync.domains, self.clock())
-        self.notifier.ready(self.sync.status())
+        self.notifier.ready(self.status())
         self._ready = True
-        log.info("ready: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
+        log.info("ready: %s", self.status(), extra=logs.fields(logs.STARTED))
         next_reconcile = self.clock() + self.settings.reconcile_interval
         while True:
             now = self.clock()
@@ -69,12 +74,27 @@ class Service:
             self._sync_due()
             self._check_watcher()
             self.metrics.publish(self.sync.domains, self.clock())  # after the commits due: never before one
-            self.notifier.status(self.sync.status())
+            self.notifier.status(self.status())
         self.notifier.stopping()
         self.watcher.stop()
+        self._stop_replication()
         self.metrics.close()
         log.info("stopped", extra=logs.fields(logs.STOPPED))
         return 0
+
+    def status(self) -> str:
+        """STATUS=: the domains' state, and the fleet's when it replicates."""
+        text = self.sync.status()
+        return f"{text}; {self.replication.status()}" if self.replication is not None else text
+
+    def _start_replication(self) -> None:
+        if self.replication is not None:
+            self.replication.start()
+
+    def _stop_replication(self) -> None:
+        """What was committed is queued in the outbox before the threads stop."""
+        if self.replication is not None:
+            self.replication.stop(timeout=min(10.0, (self.notifier.watchdog_interval or 20.0) / 2))
 
     def _wait(self, timeout: float) -> list[messages.Message]:
         """Everything queued, waiting up to ``timeout`` for the first item."""
@@ -169,11 +189,13 @@ class Service:
             log.error("reload failed, keeping the old settings: %s", e, extra=logs.fields(logs.FAILED))
         self.metrics.configure(self.settings)
         self.watcher.stop()
+        self._stop_replication()
         self._build()
         self.watcher.start()
+        self._start_replication()
         self.reconcile(at_start=True)  # fresh state: the start-up guards apply again
-        self.notifier.ready(self.sync.status())
-        log.info("reloaded: %s", self.sync.status(), extra=logs.fields(logs.STARTED))
+        self.notifier.ready(self.status())
+        log.info("reloaded: %s", self.status(), extra=logs.fields(logs.STARTED))
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.queue.put(messages.Stop()))

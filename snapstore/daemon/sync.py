@@ -48,7 +48,7 @@ class DomainState:
     degraded: list[str] | None = None
     guarded: bool = False
     skipped: str | None = None  # why the folder cannot be a domain's
-    undone: int | None = None  # generation the store was undone to, libvirt not yet in line
+    undone: str | None = None  # the undo (or fleet pull) that set the store, libvirt not yet in line
     failures: int = 0
     count: int = 0
 
@@ -159,7 +159,7 @@ class Synchronizer:
         except errors.Guarded as e:
             if state.undone is None:
                 log.warning("%s %s: %s", kind.name, domain, e.reason, extra=logs.fields(logs.GUARDED, domain))
-            state.undone = e.number
+            state.undone = e.by
             return Outcome.GUARDED
         state.guarded, state.undone = False, None
         state.folder, state.uuid = folder.identity, tree.uuid() or state.uuid

@@ -1,0 +1,247 @@
+"""The outbox: generations committed on this host, queued for the fleet.
+
+    <state>/outbox/<kind>.<stem>.<N>.xml   generation N: a hard link to the
+                                           inode the commit renamed into place
+                                           (never written again)
+    <state>/outbox/<kind>.<stem>.<N>.json  its record (history.Committed),
+                                           written after the link: an entry
+                                           is queued once its record is there
+    <state>/outbox/shipped/<kind>.<stem>   the newest generation the database
+                                           acknowledged: "N sha256"
+
+The process that commits queues (the daemon from its recorder thread, a
+command at once); the daemon's shipper sends and acknowledges. Records
+follow the store's rules (temp, fsync, rename, folder fsync; 0600,
+O_EXCL|O_NOFOLLOW). A crash between the commit and its queueing loses
+nothing: at its start the daemon queues every live generation the shipped
+marks do not name (seed). The outbox is bounded: over ``limit`` entries,
+the oldest generations of a domain with a newer one queued are dropped,
+each said; never a domain's newest.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import re
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from snapstore import errors, fsio, history, kinds, naming
+
+_ENTRY = re.compile(r"(?P<kind>[a-z]+)\.(?P<stem>.+)\.(?P<number>\d+)\.json")
+_RECORD_LIMIT = 64 << 20
+SHIPPED = "shipped"
+
+Warn = Callable[[str], None]
+
+
+class Entry(typing.NamedTuple):
+    name: str  # <kind>.<stem>.<N>, without suffix
+    kind: kinds.Kind
+    stem: str
+    number: int
+
+
+class Queued(typing.NamedTuple):
+    entry: Entry
+    committed: history.Committed
+
+
+class Superseded(errors.SnapstoreError):
+    """The generation was replaced, and not kept, before it could be queued."""
+
+
+class Outbox:
+    def __init__(self, state_dir: Path, limit: int, warn: Warn) -> None:
+        self.state_dir = state_dir
+        self.root = state_dir / "outbox"
+        self.limit = limit
+        self.warn = warn
+
+    @contextlib.contextmanager
+    def _opened(self, sub: str | None = None) -> Iterator[int]:
+        with fsio.opened_dir(self.state_dir) as state_fd, fsio.subfolder(state_fd, "outbox") as fd:
+            if sub is None:
+                yield fd
+            else:
+                with fsio.subfolder(fd, sub) as sub_fd:
+                    yield sub_fd
+
+    # --- queueing --------------------------------------------------------------------------
+
+    def put(self, committed: history.Committed, source: Path) -> None:
+        """Queue ``committed``, linked from the store file ``source`` when that
+        is still its inode, else from its history generation."""
+        name = entry_name(committed.kind, committed.domain, committed.number)
+        try:
+            with self._opened() as fd:
+                self._link(fd, f"{name}.xml", committed, source)
+                fsio.write_replacing(fd, f"{name}.json", json.dumps(committed.encode(), ensure_ascii=False).encode())
+                fsio.fsync_dir(fd, self.root)
+                self._bound(fd)
+        except OSError as e:
+            raise errors.WriteError(path=self.root / f"{name}.json", reason=fsio.reason(e)) from e
+
+    def _link(self, fd: int, target: str, committed: history.Committed, source: Path) -> None:
+        history_file = (source.parent.parent / "history" / committed.kind.plural / naming.domain_stem(committed.domain)
+                        / f"{committed.number}.xml")
+        for candidate in (source, history_file):
+            with fsio.opened_dir_if_present(candidate.parent) as src_fd:
+                if src_fd is None or not _is(src_fd, candidate.name, committed.identity):
+                    continue
+                try:
+                    os.link(candidate.name, target, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    if not _is(fd, target, committed.identity):
+                        raise errors.WriteError(path=self.root / target, reason=(
+                            "holds another file of the same generation number; left as it is")) from None
+                return
+        raise Superseded(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} was "
+                         "replaced before it was queued, and is not kept; a newer one is queued")
+
+    def _bound(self, fd: int) -> None:
+        """Over the limit: drop the oldest generations of domains with newer ones queued."""
+        queued = _entries(fd)
+        excess = len(queued) - self.limit
+        if excess <= 0:
+            return
+        by_domain: dict[tuple[str, str], list[Entry]] = collections.defaultdict(list)
+        for entry in queued:
+            by_domain[(entry.kind.name, entry.stem)].append(entry)
+        older = sorted((entry for group in by_domain.values() for entry in sorted(group, key=_number)[:-1]),
+                       key=_number)
+        for entry in older[:excess]:
+            self._drop(fd, entry)
+            self.warn(f"fleet outbox over its limit of {self.limit}: dropped generation {entry.number} of "
+                      f"{_describe(entry)} (a newer one is queued)")
+        if excess > len(older):
+            self.warn(f"fleet outbox holds {len(queued) - len(older)} generations, over its limit of "
+                      f"{self.limit}, each the newest of its domain: none dropped")
+        fsio.fsync_dir(fd, self.root)
+
+    # --- shipping --------------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """Queued entries, oldest generation of each domain first."""
+        with fsio.opened_dir_if_present(self.root) as fd:
+            return [] if fd is None else _entries(fd)
+
+    def count(self) -> int:
+        return len(self.entries())
+
+    def read(self, entry: Entry) -> tuple[history.Committed, bytes] | None:
+        """The record and the file of ``entry``; None (and said) when it cannot
+        be shipped: it is dropped, the daemon's next seed queues the live one."""
+        path = self.root / f"{entry.name}.json"
+        try:
+            with fsio.opened_dir(self.root) as fd:
+                record = history.decode_committed(json.loads(fsio.read_regular(fd, path.name, _RECORD_LIMIT, path)))
+                data = fsio.read_regular(fd, f"{entry.name}.xml", 1 << 34, self.root / f"{entry.name}.xml")
+            return record, data
+        except (ValueError, KeyError, TypeError, errors.FormatError) as e:
+            self.warn(f"fleet outbox: {path}: cannot be shipped, dropped: {e}")
+            self.done([entry])
+            return None
+
+    def done(self, entries: list[Entry], shipped: Sequence[history.Committed] = ()) -> None:
+        """Acknowledged (or dropped): marks written, then entries removed, the record first."""
+        with self._opened() as fd:
+            if shipped:
+                with fsio.subfolder(fd, SHIPPED) as marks_fd:
+                    for committed in shipped:
+                        _mark(marks_fd, committed)
+                    fsio.fsync_dir(marks_fd, self.root / SHIPPED)
+            for entry in entries:
+                self._drop(fd, entry)
+            fsio.fsync_dir(fd, self.root)
+
+    def _drop(self, fd: int, entry: Entry) -> None:
+        for suffix in (".json", ".xml"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.name + suffix, dir_fd=fd)
+
+    # --- what was shipped --------------------------------------------------------------------
+
+    def shipped(self, kind: kinds.Kind, domain: str) -> tuple[int, str] | None:
+        """(N, sha256) of the newest generation of ``domain`` the database acknowledged."""
+        path = self.root / SHIPPED / f"{kind.plural}.{naming.domain_stem(domain)}"
+        with fsio.opened_dir_if_present(path.parent) as fd:
+            if fd is None or not fsio.exists(fd, path.name):
+                return None
+            try:
+                number, sha = fsio.read_regular(fd, path.name, 256, path).decode().split()
+                return int(number), sha
+            except (ValueError, UnicodeDecodeError):
+                return None  # a mark is a hint: a bad one only means sending again
+
+    def sweep(self) -> None:
+        """Temps of dead writers, and links whose record never came of
+        generations already shipped (a crash between link and record)."""
+        with self._opened() as fd:
+            names = os.listdir(fd)
+        with self._opened(SHIPPED):  # both folders made: the sweeps need them
+            pass
+        for left in fsio.sweep_temps(self.root).left + fsio.sweep_temps(self.root / SHIPPED).left:
+            self.warn(left)
+        queued = {entry.name for entry in self.entries()}
+        with self._opened() as fd:
+            for name in names:
+                stem = name.removesuffix(".xml")
+                if name.endswith(".xml") and stem not in queued and self._shipped_beyond(stem):
+                    os.unlink(name, dir_fd=fd)
+
+    def _shipped_beyond(self, name: str) -> bool:
+        match = _ENTRY.fullmatch(name + ".json")
+        if match is None:
+            return False
+        with fsio.opened_dir_if_present(self.root / SHIPPED) as fd:
+            path = self.root / SHIPPED / f"{match['kind']}.{match['stem']}"
+            if fd is None or not fsio.exists(fd, path.name):
+                return False
+            try:
+                return int(fsio.read_regular(fd, path.name, 256, path).split()[0]) >= int(match["number"])
+            except (ValueError, IndexError):
+                return False
+
+
+def entry_name(kind: kinds.Kind, domain: str, number: int) -> str:
+    return f"{kind.plural}.{naming.domain_stem(domain)}.{number}"
+
+
+def _entries(fd: int) -> list[Entry]:
+    found = []
+    for name in os.listdir(fd):
+        match = _ENTRY.fullmatch(name)
+        kind = next((k for k in kinds.ALL if match and k.plural == match["kind"]), None)
+        if match and kind:
+            found.append(Entry(name.removesuffix(".json"), kind, match["stem"], int(match["number"])))
+    return sorted(found, key=lambda e: (e.kind.name, e.stem, e.number))
+
+
+def _number(entry: Entry) -> int:
+    return entry.number
+
+
+def _describe(entry: Entry) -> str:
+    domain = naming.unescape_domain(entry.stem) if naming.is_escaped_form(entry.stem) else entry.stem
+    return f"{domain}'s {entry.kind.plural}"
+
+
+def _is(fd: int, name: str, identity: list[int]) -> bool:
+    try:
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return fsio.identity(info)[:2] == identity[:2]
+
+
+def _mark(fd: int, committed: history.Committed) -> None:
+    """The domain's mark, unless it already names a later generation."""
+    name = f"{committed.kind.plural}.{naming.domain_stem(committed.domain)}"
+    with contextlib.suppress(errors.FormatError, ValueError, IndexError):
+        if int(fsio.read_regular(fd, name, 256, name).split()[0]) > committed.number:
+            return
+    fsio.write_replacing(fd, name, f"{committed.number} {committed.sha256}\n".encode())
