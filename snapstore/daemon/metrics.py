@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def domain_state(state: sync.DomainState) -> str:
     return "guarded" if state.guarded or state.undone is not None else "ok"
 
 
+class Fleet(typing.NamedTuple):
+    """The replication's gauges (daemon.replication.Replicator.gauges)."""
+
+    queued: int
+    reachable: bool
+    shipped: int  # generations the database took since the daemon started
+
+
 class Exporter:
     """Counters, and what the metrics file holds; off when ``path`` is None."""
 
@@ -46,6 +55,7 @@ class Exporter:
         self._next = float("-inf")
         self._offered: bytes | None = None
         self._writer: _Writer | None = None
+        self._fleet: Fleet | None = None
         self.configure(settings)
 
     def configure(self, settings: config.Config) -> None:
@@ -65,6 +75,11 @@ class Exporter:
             self.committed_at[key] = self.wall()
         elif outcome is sync.Outcome.FAILED:
             self.failures += 1
+
+    def fleet(self, gauges: Fleet | None) -> None:
+        """The replication's state, when the fleet is on; written when it changes."""
+        if gauges != self._fleet:
+            self._fleet, self._changed = gauges, True
 
     def next_due(self) -> float | None:
         """When publish() has something to write; None: nothing to wait for."""
@@ -112,7 +127,23 @@ class Exporter:
                            "1 for the domain's state, 0 for the others; undone counts as guarded.",
                            [((("domain", domain), ("state", state)), int(state == current))
                             for domain, current in worst.items() for state in reversed(STATES)]),
+            *self._fleet_families(),
         ])
+
+    def _fleet_families(self) -> list[metrics.Family]:
+        if self._fleet is None:
+            return []
+        return [
+            metrics.Family("snapstore_fleet_queued", "gauge",
+                           "Generations in the outbox, not yet acknowledged by the fleet database.",
+                           [((), self._fleet.queued)]),
+            metrics.Family("snapstore_fleet_reachable", "gauge",
+                           "1 when the last call to the fleet database succeeded, 0 while it fails.",
+                           [((), int(self._fleet.reachable))]),
+            metrics.Family("snapstore_fleet_shipped_total", "counter",
+                           "Generations the fleet database took from this daemon since it started.",
+                           [((), self._fleet.shipped)]),
+        ]
 
 
 def _of(key: sync.Key) -> metrics.Labels:

@@ -20,7 +20,7 @@ import typing
 from typing import Any
 
 from snapstore import config, errors, fsio, history, kinds, store
-from snapstore.daemon import logs
+from snapstore.daemon import logs, metrics
 from snapstore.fleet import database, outbox, ship
 
 if typing.TYPE_CHECKING:
@@ -45,6 +45,7 @@ class Replicator:
         self._lock = threading.Lock()
         self._queued = 0
         self._unrecorded = 0  # commits handed over, not yet in the outbox
+        self._shipped = 0
         self._seeded = False
         self._unreachable_since: float | None = None
         self._last_error: str | None = None
@@ -84,6 +85,10 @@ class Replicator:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
             return f"fleet: unreachable since {stamp}, {queued} queued"
         return f"fleet: {queued} queued" if queued else "fleet: up to date"
+
+    def gauges(self) -> metrics.Fleet:
+        with self._lock:
+            return metrics.Fleet(self._queued + self._unrecorded, self._unreachable_since is None, self._shipped)
 
     # --- recorder --------------------------------------------------------------------------------
 
@@ -158,6 +163,8 @@ class Replicator:
             self._warn(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} is in "
                        "the fleet already with other content (was the local history renumbered?); not overwritten")
         self.outbox.done([entry for entry, _ in batch], shipped.sent + shipped.present)
+        with self._lock:
+            self._shipped += len(shipped.sent)
         if shipped.sent:
             log.info("fleet: shipped %d generations", len(shipped.sent), extra=logs.fields(logs.FLEET))
 

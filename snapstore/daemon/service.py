@@ -73,6 +73,7 @@ class Service:
                 break
             self._sync_due()
             self._check_watcher()
+            self.metrics.fleet(self.replication.gauges() if self.replication is not None else None)
             self.metrics.publish(self.sync.domains, self.clock())  # after the commits due: never before one
             self.notifier.status(self.status())
         self.notifier.stopping()

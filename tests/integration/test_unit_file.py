@@ -100,6 +100,26 @@ def test_unit_security_exposure_is_at_most_1(tmp_path: Path) -> None:
     assert float(match.group(1)) <= 1.0, result.stdout
 
 
+def test_fleet_drop_in_opens_tcp_to_the_database_only(tmp_path: Path) -> None:
+    """systemd/fleet.conf (README "Fleet"): the unit with it verifies; it
+    allows IP sockets, to the allow-listed address only, and shows the
+    machine id and the resolver; exposure stays low."""
+    unit = local_copy(tmp_path)
+    drop_in = tmp_path / "snapstore.service.d" / "fleet.conf"
+    drop_in.parent.mkdir()
+    drop_in.write_text((UNIT.parent / "fleet.conf").read_text())
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and verified.stderr.strip() == "", verified.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                              text=True, timeout=60)
+    assert "Service may allocate Internet sockets" in security.stdout, "the drop-in was not applied"
+    assert "IP address allow list with non-localhost entries" in security.stdout, security.stdout
+    match = re.search(r"Overall exposure level for snapstore.service: (\d+\.\d+)", security.stdout)
+    assert match and float(match.group(1)) <= 2.0, security.stdout
+    text = drop_in.read_text()
+    assert "IPAddressDeny=any" in text and "/etc/machine-id" in text
+
+
 def test_unit_is_a_notify_service_with_watchdog_and_state_dir() -> None:
     service, unit = directives(), directives("Unit")
     assert service["Type"] == ["notify"] and service["Restart"] == ["on-failure"]
