@@ -163,6 +163,10 @@ class ConnectionFailed(SnapstoreError):
         super().__init__(f"{uri}: cannot connect to libvirt: {reason}")
 
 
+class QueueError(_AtPath):
+    """The fleet's outbox could not take a generation; the commit itself stood."""
+
+
 class FleetError(SnapstoreError):
     """The fleet database cannot be reached or used; ``where`` names it
     without a password."""

@@ -73,6 +73,10 @@ class Store:
     def path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / kind.plural / (naming.domain_stem(domain) + ".xml")
 
+    def generation_files(self, kind: kinds.Kind, domain: str, number: int) -> list[Path]:
+        """Where generation ``number`` is while it is live, then once replaced."""
+        return [self.path(kind, domain), self.history.folder(kind, domain) / f"{number}.xml"]
+
     def index_path(self, kind: kinds.Kind, domain: str) -> Path:
         return self.root / "index" / f"{kind.plural}.{naming.domain_stem(domain)}.json"
 
@@ -287,7 +291,7 @@ class Store:
             self.on_commit(history.Committed(tree.kind, tree.domain, number, clock.time(), by, after.sha256, size,
                                              tree.current, after.digests, tree.uuid(), info))
         except (OSError, errors.SnapstoreError) as e:
-            self.warn(f"{tree.domain}: fleet: generation of its {tree.kind.plural} not queued: {e} "
+            self.warn(f"{tree.domain}: fleet: generation of its {tree.kind.plural}: {e} "
                       "(the commit itself stands; the daemon queues it at its next start)")
 
     def _replaced(self, kind: kinds.Kind, domain: str, of: index.Identity,

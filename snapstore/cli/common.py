@@ -119,7 +119,8 @@ class Context:
             from snapstore.fleet import outbox
 
             box = outbox.Outbox(self.config.state_dir, self.config.fleet_outbox_max, self.warn)
-            state.on_commit = lambda committed: box.put(committed, state.path(committed.kind, committed.domain))
+            state.on_commit = lambda committed: box.put(
+                committed, state.generation_files(committed.kind, committed.domain, committed.number))
         return state
 
     def say(self, line: str) -> None:

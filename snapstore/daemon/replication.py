@@ -100,12 +100,12 @@ class Replicator:
 
     def _queue(self, committed: history.Committed) -> None:
         try:
-            self.outbox.put(committed, self.store.path(committed.kind, committed.domain))
+            self.outbox.put(committed, self.store.generation_files(committed.kind, committed.domain, committed.number))
         except outbox.Superseded as e:
             log.info("fleet: %s", e, extra=logs.fields(logs.FLEET, committed.domain))
         except (OSError, errors.SnapstoreError) as e:
-            self._warn(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} not "
-                       f"queued for the fleet: {e} (the commit stands; the daemon's next start queues it)")
+            self._warn(f"{committed.domain}: fleet: generation {committed.number} of its {committed.kind.plural}: "
+                       f"{e} (the commit itself stands; the daemon's next start queues it)")
         self._wake.set()
 
     # --- shipper ---------------------------------------------------------------------------------

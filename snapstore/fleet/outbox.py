@@ -72,23 +72,35 @@ class Outbox:
 
     # --- queueing --------------------------------------------------------------------------
 
-    def put(self, committed: history.Committed, source: Path) -> None:
-        """Queue ``committed``, linked from the store file ``source`` when that
-        is still its inode, else from its history generation."""
+    def put(self, committed: history.Committed, sources: list[Path]) -> None:
+        """Queue ``committed``, linked from the first of ``sources`` (the store
+        file, then its history generation) that is still its inode. Whole or
+        not at all: a record that cannot be written takes its link with it."""
         name = entry_name(committed.kind, committed.domain, committed.number)
+        record = self.root / f"{name}.json"
         try:
             with self._opened() as fd:
-                self._link(fd, f"{name}.xml", committed, source)
-                fsio.write_replacing(fd, f"{name}.json", json.dumps(committed.encode(), ensure_ascii=False).encode())
-                fsio.fsync_dir(fd, self.root)
+                linked = self._link(fd, f"{name}.xml", committed, sources)
+                try:
+                    fsio.write_replacing(fd, record.name, json.dumps(committed.encode(), ensure_ascii=False).encode())
+                except BaseException:
+                    if linked:  # best effort, on an error already said; a leftover is swept once shipped past
+                        with contextlib.suppress(OSError):
+                            os.unlink(f"{name}.xml", dir_fd=fd)
+                    raise
+                try:
+                    os.fsync(fd)
+                except OSError as e:
+                    raise errors.QueueError(path=record, reason=(
+                        f"queued, but the outbox folder's fsync failed ({fsio.reason(e)}): a crash may lose it "
+                        "(the daemon's next start queues it again)")) from e
                 self._bound(fd)
         except OSError as e:
-            raise errors.WriteError(path=self.root / f"{name}.json", reason=fsio.reason(e)) from e
+            raise errors.QueueError(path=record, reason=f"not queued: {fsio.reason(e)}") from e
 
-    def _link(self, fd: int, target: str, committed: history.Committed, source: Path) -> None:
-        history_file = (source.parent.parent / "history" / committed.kind.plural / naming.domain_stem(committed.domain)
-                        / f"{committed.number}.xml")
-        for candidate in (source, history_file):
+    def _link(self, fd: int, target: str, committed: history.Committed, sources: list[Path]) -> bool:
+        """True when the link was made here, False when it was there already."""
+        for candidate in sources:
             with fsio.opened_dir_if_present(candidate.parent) as src_fd:
                 if src_fd is None or not _is(src_fd, candidate.name, committed.identity):
                     continue
@@ -96,9 +108,10 @@ class Outbox:
                     os.link(candidate.name, target, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
                 except FileExistsError:
                     if not _is(fd, target, committed.identity):
-                        raise errors.WriteError(path=self.root / target, reason=(
-                            "holds another file of the same generation number; left as it is")) from None
-                return
+                        raise errors.QueueError(path=self.root / target, reason=(
+                            "not queued: holds another file of the same generation number; left as it is")) from None
+                    return False
+                return True
         raise Superseded(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} was "
                          "replaced before it was queued, and is not kept; a newer one is queued")
 

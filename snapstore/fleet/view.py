@@ -137,15 +137,16 @@ def _local(conn: psycopg.Connection[Any], report: findings.Report, state: store.
 
 
 def _live(state: store.Store, kind: kinds.Kind, domain: str) -> history.Committed | None:
-    """The live generation's number and SHA-256 (from the index when it has it)."""
+    """The live generation's number and SHA-256 (from the index when it has
+    it: the file is read only when it does not)."""
     path = state.path(kind, domain)
+    summary = state.summary(kind, domain)
     with fsio.opened_dir_if_present(path.parent) as fd:
-        if fd is None or not fsio.exists(fd, path.name):
+        if fd is None or summary is None:
             return None
         number = state.history.live_number(fd, path.name, kind, domain)
-        data = fsio.read_regular(fd, path.name, state.read_limit, path)
-    return history.Committed(kind, domain, number, 0.0, "", hashlib.sha256(data).hexdigest(), len(data), None, {},
-                             None, [])
+        sha = summary.sha256 or hashlib.sha256(fsio.read_regular(fd, path.name, state.read_limit, path)).hexdigest()
+    return history.Committed(kind, domain, number, 0.0, "", sha, 0, None, {}, None, [])
 
 
 # --- fleet pull ------------------------------------------------------------------------------------

@@ -977,8 +977,10 @@ def test_repair_text_output_lists_each_repair(env: Env, capsys: pytest.CaptureFi
 def test_every_code_is_produced_by_some_case() -> None:
     in_table = {c.own for c in CASES}
     outside = {codes.UNREADABLE}  # test_unreadable_file: needs a process without root's DAC override
+    fleet = {code for code in codes.CODES if code.startswith("SS6")}  # `fleet check`'s: test_fleet.py
+    outside |= fleet
     assert set(codes.CODES) - in_table - outside == set(), "codes no case of the table expects"
     every_case = {c.id for c in CASES}
     if every_case != RAN or codes.UNREADABLE not in SEEN:
         pytest.skip(f"partial run: {len(RAN)} of {len(every_case)} damage cases ran")
-    assert set(codes.CODES) - SEEN == set(), f"codes no check run produced: {sorted(set(codes.CODES) - SEEN)}"
+    assert set(codes.CODES) - SEEN - fleet == set(), f"codes no check run produced: {sorted(set(codes.CODES) - SEEN)}"

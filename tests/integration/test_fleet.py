@@ -202,7 +202,7 @@ def test_an_outbox_that_cannot_be_written_is_a_warning_and_the_commit_stands(tmp
     result = host.run("consolidate", "vm1")
     assert result.code == 0 and (host.state / "snapshots/vm1.xml").exists(), result
     assert len(result.lines) == 1 and result.warnings, result
-    assert "fleet: generation of its snapshots not queued" in result.err and "symlink" in result.err, result
+    assert "fleet: generation of its snapshots" in result.err and "symlink" in result.err, result
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 

@@ -166,10 +166,13 @@ def test_default_settings_file_lists_every_setting_commented_out_with_its_defaul
     assert tomllib.loads(text) == {}, "a setting is not commented out"
     settings: dict[str, object] = {}
     lines = text.splitlines()
+    section = ""  # "#[fleet]": the keys below are config.py's fleet_*
     for number, line in enumerate(lines):
+        header = re.fullmatch(r"#\[(\w+)\]", line)
+        section = f"{header.group(1)}_" if header else section
         match = re.fullmatch(r"#(\w+) = (.*)", line)
         if match:
-            settings.update(tomllib.loads(f"{match.group(1)} = {match.group(2)}"))
+            settings.update(tomllib.loads(f"{section}{match.group(1)} = {match.group(2)}"))
             assert re.fullmatch(r"# \S.*", lines[number - 1]), f"{match.group(1)} has no explanation above it"
     assert list(settings) == list(config.Config._fields), "every setting, in config.py's order"
     assert config.overlay(config.Config(), settings, "snapstore.toml") == config.Config(), "a default differs"

@@ -30,8 +30,9 @@ class Scenario:
     old: Callable[[], Any]
     new: Callable[[], Any]
 
-    def argv(self, sandbox: Sandbox) -> list[str]:
-        return sandbox.argv(*(str(sandbox.base / arg) if arg == "out" else arg for arg in self.args))
+    def argv(self, sandbox: Sandbox, config: Path | None = None) -> list[str]:
+        """The command on ``sandbox``, with the settings in ``config`` (default: none)."""
+        return sandbox.argv(*(str(sandbox.base / arg) if arg == "out" else arg for arg in self.args), config=config)
 
 
 def _in_process(sandbox: Sandbox, *args: str) -> None:

@@ -29,6 +29,8 @@ WRITE_PATH = ("openat", "write", "fsync", "fdatasync", "rename", "renameat", "re
 CRASH_POINTS = (*WRITE_PATH, "mkdir", "mkdirat", "unlink", "unlinkat", "rmdir")
 # The history's own calls: the link of the replaced file, its record, pruning.
 HISTORY_CALLS = ("openat", "write", "fsync", "linkat", "mkdirat", "unlinkat")
+# The fleet outbox's own calls: its folder, the link of the committed file, its record, dropping entries.
+OUTBOX_CALLS = ("openat", "write", "fsync", "linkat", "rename", "renameat", "renameat2", "mkdirat", "unlinkat")
 ERRNOS = ("EIO", "ENOSPC", "EACCES", "EXDEV")
 _LINE = re.compile(r"^(?:(?P<pid>\d+)\s+)?(?P<name>\w+)\((?P<rest>.*)$")  # no pid without -f
 _ENV = {**os.environ, "PYTHONHASHSEED": "0"}  # the same calls in the same order, run after run
@@ -50,9 +52,12 @@ class Call:
         return self.args.split(",", 1)[0]
 
     def touches(self, folder: Path) -> bool:
-        """True when the call names a path below ``folder`` (never stdout or stderr)."""
+        """True when the call names a path below ``folder``, or ``folder`` itself
+        as its parent's fd and its name (``mkdirat(3</a>, "b", ...)``); never stdout or stderr."""
         if self.name == "write" and self.fd_arg.split("<", 1)[0] in ("1", "2"):
             return False
+        if fd_path(self) == str(folder.parent) and self.args.split(", ", 2)[1:2] == [f'"{folder.name}"']:
+            return True
         return str(folder) in self.args or str(folder) in self.result
 
     def __str__(self) -> str:

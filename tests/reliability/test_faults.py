@@ -15,6 +15,8 @@ fsynced, renamed over the target, folder fsynced.
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import campaign
@@ -117,36 +119,104 @@ def test_each_index_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
                      "faults injected (strace, listing index)")
 
 
+def trace_side_path(tmp_path: Path, part: str, names: tuple[str, ...],
+                    config: Path | None = None) -> tuple[Sandbox, Sandbox, list[straced.Site]]:
+    """The consolidate scenario set up in a template, then run once in a copy
+    under strace with the settings in ``config``: the template, the copy, and
+    the calls of ``names`` on ``<state>/<part>``, a side path of the commit.
+    mkdirat counts only where it makes ``<state>/<part>`` itself: on an
+    existing folder, mkdir's EEXIST is expected."""
+    scenario = SCENARIOS["consolidate"]
+    template = Sandbox(tmp_path / "template")
+    scenario.setup(template)
+    probe = fresh(template.base, tmp_path / "run")
+    result, calls = straced.trace(scenario.argv(probe, config), tmp_path / "trace.log", names)
+    assert result.code == 0, result
+    folder = probe.state / part
+    targets = [site for site in straced.sites(calls, folder, names) if site.name != "mkdirat" or (
+        site.call.result == "0" and straced.fd_path(site.call) == str(folder.parent))]
+    campaign.NOTES[f"fault sites ({part})"] = ", ".join(site.label for site in targets)
+    return template, probe, targets
+
+
+def fault_side_path(tmp_path: Path, template: Sandbox, targets: list[straced.Site], part: str, said: str,
+                    problems: Callable[[Path], list[str]], config: Path | None = None) -> None:
+    """Each site of ``trace_side_path`` failing in turn (every errno in full
+    mode, one each in rotation in quick mode): the commit stands (exit 0, the
+    new state), every stderr line is a warning naming ``said``, no temp is
+    left, and ``problems`` finds nothing wrong in the state folder."""
+    scenario = SCENARIOS["consolidate"]
+
+    def one(site: straced.Site, errno: str) -> None:
+        sandbox = fresh(template.base, tmp_path / "run")
+        result, hit = straced.inject(scenario.argv(sandbox, config), tmp_path / "inject.log", site, error=errno)
+        if hit is None or not hit.touches(sandbox.state / part):
+            raise RuntimeError(f"{site.label} {errno}: the injection hit {hit}: the run is not deterministic")
+        what = f"{part} {site.label} ({site.call}) failing with {errno}"
+        assert result.code == 0 and scenario.observe(sandbox) == scenario.new(), f"{what}: the commit\n{result}"
+        assert result.lines and all(line.startswith(f"{campaign.PREFIX}warning: ") and said in line
+                                    for line in result.lines), f"{what}: not said as a warning\n{result}"
+        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
+        assert problems(sandbox.state) == [], what
+
+    runs = [(site, straced.ERRNOS[i % len(straced.ERRNOS)]) for i, site in enumerate(targets)]
+    straced.run_plan(straced.plan(targets, True) if campaign.FULL else runs, one,
+                     f"faults injected (strace, {part})")
+
+
 def test_each_history_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
     """History never blocks a commit (issue 13): a fault on any call of the
     history path (the link of the replaced file, the record, the folder
     fsync, pruning) leaves the commit standing with a warning naming the
     history, no temp, and every generation kept valid."""
-    scenario = SCENARIOS["consolidate"]
-    template = Sandbox(tmp_path / "template")
-    scenario.setup(template)
-    probe = fresh(template.base, tmp_path / "run")
-    result, calls = straced.trace(scenario.argv(probe), tmp_path / "trace.log", straced.HISTORY_CALLS)
-    assert result.code == 0, result
-    targets = [site for site in straced.sites(calls, probe.state / "history", straced.HISTORY_CALLS)
-               if site.name != "mkdirat"]  # an existing folder: mkdir's EEXIST is expected
-    campaign.NOTES["fault sites (history)"] = ", ".join(site.label for site in targets)
+    template, _, targets = trace_side_path(tmp_path, "history", straced.HISTORY_CALLS)
+    fault_side_path(tmp_path, template, targets, "history", "history", campaign.history_problems)
 
-    def one(site: straced.Site, errno: str) -> None:
-        sandbox = fresh(template.base, tmp_path / "run")
-        result, hit = straced.inject(scenario.argv(sandbox), tmp_path / "inject.log", site, error=errno)
-        if hit is None or "history" not in str(hit):
-            raise RuntimeError(f"{site.label} {errno}: the injection hit {hit}: the run is not deterministic")
-        what = f"history {site.label} ({site.call}) failing with {errno}"
-        assert result.code == 0 and scenario.observe(sandbox) == scenario.new(), f"{what}: the commit\n{result}"
-        assert result.lines and all(line.startswith(f"{campaign.PREFIX}warning: ") and "history" in line
-                                    for line in result.lines), f"{what}: not said as a warning\n{result}"
-        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
-        assert campaign.history_problems(sandbox.state) == [], what
 
-    runs = [(site, straced.ERRNOS[i % len(straced.ERRNOS)]) for i, site in enumerate(targets)]
-    straced.run_plan(straced.plan(targets, True) if campaign.FULL else runs, one,
-                     "faults injected (strace, history)")
+FLEET = """[fleet]
+enabled = true
+dsn = "host=127.0.0.1 port=1 dbname=x user=y"
+host_id = "host-a"
+"""
+
+
+def outbox_problems(state: Path) -> list[str]:
+    """The outbox holds nothing or whole entries: a generation's file and its
+    record, the record JSON, never one without the other."""
+    outbox = state / "outbox"
+    names = {path.name for path in outbox.iterdir()} if outbox.exists() else set()
+    problems = []
+    for name in sorted(names):
+        stem, _, suffix = name.rpartition(".")
+        twin = f"{stem}.{'json' if suffix == 'xml' else 'xml'}"
+        if suffix not in ("xml", "json"):
+            problems.append(f"{outbox / name}: not an entry of the outbox")
+        elif twin not in names:
+            problems.append(f"half an entry: {outbox / name} without {twin}")
+        elif suffix == "json":
+            try:
+                json.loads((outbox / name).read_bytes())
+            except ValueError as e:
+                problems.append(f"{outbox / name}: a record that is not JSON: {e}")
+    return problems
+
+
+def test_each_outbox_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
+    """The fleet never blocks a commit: with [fleet] enabled, a fault on any
+    call queueing the commit in the outbox (making its folder, the link of the
+    committed file, the record, the folder fsync) leaves the commit standing
+    with a warning naming the fleet, no temp, and the outbox empty or holding
+    the whole entry, never half of one."""
+    config = tmp_path / "fleet.toml"
+    config.write_text(FLEET)
+    template, probe, targets = trace_side_path(tmp_path, "outbox", straced.OUTBOX_CALLS, config)
+    outbox = probe.state / "outbox"
+    entry = sorted(path.name for path in outbox.iterdir())
+    assert entry == ["snapshots.vm1.2.json", "snapshots.vm1.2.xml"] and outbox_problems(probe.state) == [], entry
+    assert all((outbox / name).stat().st_mode & 0o7777 == 0o600 for name in entry), "outbox files not 0600"
+    assert {site.name for site in targets} >= {"mkdirat", "linkat", "openat", "write", "fsync"} and any(
+        site.name.startswith("rename") for site in targets) and any(site.on_folder for site in targets), targets
+    fault_side_path(tmp_path, template, targets, "outbox", "fleet", outbox_problems, config)
 
 
 def test_commit_order_is_fsync_rename_folder_fsync(sandbox: Sandbox, tmp_path: Path) -> None:
