@@ -57,6 +57,23 @@ def summaries(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {action.dest: action.help or "" for action in subparsers._choices_actions}
 
 
+def nested(command: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The actions of a command that has them (``fleet init``, ``fleet list``…), else {}."""
+    found = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(found[0].choices) if found else {}
+
+
+def sections(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """Each command, or each action of a command that has actions: its parser and summary."""
+    found = {}
+    for name, command in commands_of(parser).items():
+        actions = nested(command)
+        if not actions:
+            found[name] = (command, summaries(parser)[name])
+        found.update((f"{name} {action}", (sub, summaries(command)[action])) for action, sub in actions.items())
+    return found
+
+
 def global_dests() -> set[str]:
     return {action.dest for action in common.global_options(suppress=True)._actions}
 
@@ -127,11 +144,11 @@ def man_page(parser: argparse.ArgumentParser, date: str) -> str:
     lines += [".SH GLOBAL OPTIONS", "Accepted before or after the command."]
     lines += options_list(parser, top)
     lines += [".SH COMMANDS"]
-    for name, command in commands.items():
+    for name, (command, said) in sections(parser).items():
         actions = own_actions(command)
         lines += [f".SS {name}", ".PP",
                   " ".join([f"\\fBsnapstore {roff(name)}\\fR"] + [synopsis_word(a) for a in synopsis_order(actions)]),
-                  ".PP", roff(command.description or summary[name])]
+                  ".PP", roff(command.description or said)]
         lines += options_list(command, actions)
     lines += [".SH EXIT STATUS"]
     for code, meaning in EXIT_STATUS:
@@ -165,9 +182,13 @@ def completion(parser: argparse.ArgumentParser) -> str:
     folders after an option whose value is a FILE or DIR."""
 
     def kinds(actions: list[argparse.Action]) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {"options": [], "files": [], "dirs": [], "valued": []}
+        found: dict[str, list[str]] = {"options": [], "files": [], "dirs": [], "valued": [], "actions": []}
         for action in actions:
+            for sub in (action.choices or {}).values() if isinstance(action, argparse._SubParsersAction) else []:
+                for kind, words in kinds(sub._actions).items():  # a command's actions: their options, merged
+                    found[kind] += [word for word in words if word not in found[kind]]
             if isinstance(action, argparse._SubParsersAction):
+                found["actions"] += list(action.choices or {})
                 continue
             found["options"] += action.option_strings
             if action.option_strings and action.nargs != 0:
@@ -189,7 +210,7 @@ def completion(parser: argparse.ArgumentParser) -> str:
 # bash completion for snapstore(1): generated at build time from its parser (debian/gendocs.py).
 _snapstore() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
-    local command="" word i options files dirs valued
+    local command="" word i options files dirs valued actions
     # The command: the first word that is neither an option nor a global option's value.
     for ((i = 1; i < COMP_CWORD; i++)); do
         word=${{COMP_WORDS[i]}}
@@ -215,6 +236,8 @@ _snapstore() {{
         return 0  # a URI or a generation: nothing to offer
     elif [[ $cur == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$options" -- "$cur")
+    elif [[ -n $actions && $prev == "$command" ]]; then
+        mapfile -t COMPREPLY < <(compgen -W "$actions" -- "$cur")
     elif [[ -z $command ]]; then
         mapfile -t COMPREPLY < <(compgen -W "{bash_words(list(commands))}" -- "$cur")
     fi

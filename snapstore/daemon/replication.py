@@ -17,7 +17,8 @@ import queue
 import threading
 import time
 import typing
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from snapstore import config, errors, fsio, history, kinds, store
 from snapstore.daemon import logs, metrics
@@ -30,6 +31,7 @@ log = logging.getLogger("snapstore.daemon")
 _BACKOFF = (1.0, 60.0)
 _IDLE_POLL = 5.0      # seconds between looks at the outbox when nothing woke the shipper
 _HEARTBEAT = 60.0     # seconds between host rows touched while idle (fleet check's staleness)
+T = TypeVar("T")
 
 
 class Replicator:
@@ -122,8 +124,7 @@ class Replicator:
                 if entries:
                     self._ship(entries[:ship.BATCH])
                 elif time.monotonic() - last_touch >= _HEARTBEAT:
-                    ship.touch_host(self._connection(), self.host_id)
-                    self._connection().commit()
+                    self._database(lambda conn: ship.touch_host(conn, self.host_id))
                     last_touch = time.monotonic()
                 self._reachable()
                 delay = _BACKOFF[0]
@@ -131,6 +132,9 @@ class Replicator:
                 self._unreachable(str(e))
             except (OSError, errors.SnapstoreError) as e:  # the outbox itself: said, retried
                 self._warn(f"fleet outbox: {e} (retrying)")
+            except Exception as e:  # the thread must outlive anything: said, retried
+                self._drop_connection()
+                self._warn(f"fleet: shipping failed: {type(e).__name__}: {e} (retrying)")
             else:
                 if not entries:
                     self._wake.wait(_IDLE_POLL)
@@ -151,14 +155,7 @@ class Replicator:
 
     def _ship(self, entries: list[outbox.Entry]) -> None:
         batch = [(entry, found) for entry in entries if (found := self.outbox.read(entry)) is not None]
-        import psycopg
-
-        try:
-            shipped = ship.ship(self._connection(), self.host_id, [found for _, found in batch])
-        except psycopg.Error as e:
-            self._drop_connection()
-            raise errors.FleetError(where=database.describe(self.settings.fleet_dsn),
-                                    reason=database.reason(e)) from None
+        shipped = self._database(lambda conn: ship.ship(conn, self.host_id, [found for _, found in batch]))
         for committed in shipped.conflicting:
             self._warn(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} is in "
                        "the fleet already with other content (was the local history renumbered?); not overwritten")
@@ -168,10 +165,21 @@ class Replicator:
         if shipped.sent:
             log.info("fleet: shipped %d generations", len(shipped.sent), extra=logs.fields(logs.FLEET))
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = database.connect(self.settings.fleet_dsn)
-        return self._conn
+    def _database(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``call`` on the connection (made when there is none); a failure is
+        a FleetError and drops the connection."""
+        import psycopg
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = database.connect(self.settings.fleet_dsn)
+            result = call(self._conn)
+            self._conn.commit()
+            return result
+        except psycopg.Error as e:
+            self._drop_connection()
+            raise errors.FleetError(where=database.describe(self.settings.fleet_dsn),
+                                    reason=database.reason(e)) from None
 
     def _drop_connection(self) -> None:
         with contextlib.suppress(Exception):
@@ -201,13 +209,17 @@ class Replicator:
         try:
             queued = {entry.name for entry in self.outbox.entries()}
             self.outbox.sweep()
-            for kind in kinds.ALL:
-                for domain in self.store.domains(kind):
-                    if self._stopping.is_set():
-                        return
-                    self._seed_one(kind, domain, queued)
+            keys = [(kind, domain) for kind in kinds.ALL for domain in self.store.domains(kind)]
         except (OSError, errors.SnapstoreError) as e:
             self._warn(f"fleet: live generations not queued at start: {e}")
+            return
+        for kind, domain in keys:
+            if self._stopping.is_set():
+                return
+            try:
+                self._seed_one(kind, domain, queued)
+            except (OSError, errors.SnapstoreError) as e:
+                self._warn(f"{domain}: fleet: the live generation of its {kind.plural} not queued at start: {e}")
 
     def _seed_one(self, kind: kinds.Kind, domain: str, queued: set[str]) -> None:
         with self.store.lock(kind, domain):

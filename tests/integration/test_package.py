@@ -129,7 +129,12 @@ def test_man_page_formats_without_warnings_and_covers_every_command(unpacked: Pa
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     text = re.sub(r".\x08", "", shown.stdout)  # overstrike bold and underline
     (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    sections = {}
     for name, parser in commands.choices.items():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        sections.update({f"{name} {action}": sub for action, sub in nested[0].choices.items()} if nested
+                        else {name: parser})  # `fleet init`, `fleet list`…: a section each
+    for name, parser in sections.items():
         assert re.search(rf"(?m)^   {name}$", text), f"no section for {name}"
         for action in parser._actions:
             for option in action.option_strings:
@@ -159,6 +164,8 @@ def test_bash_completion_offers_commands_options_and_files(unpacked: Path, tmp_p
                                                                                    f"{tmp_path}/sub"]
     assert complete(script, ["snapstore", "list", "--state-dir", f"{tmp_path}/"]) == [f"{tmp_path}/sub"]
     assert complete(script, ["snapstore", "dump", "--connect", "q"]) == []  # a URI: nothing to offer
+    assert complete(script, ["snapstore", "fleet", ""]) == ["init", "list", "check", "pull"]  # a command's actions
+    assert complete(script, ["snapstore", "fleet", "pull", "vm1", "--from"]) == ["--from-host"]
 
 
 def test_default_settings_file_lists_every_setting_commented_out_with_its_default(unpacked: Path) -> None:
