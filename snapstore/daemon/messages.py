@@ -29,4 +29,8 @@ class Stop(typing.NamedTuple):
     """SIGTERM or SIGINT: finish the commit in flight, then exit."""
 
 
-Message = Changed | Rescan | Reload | Stop
+class Wake(typing.NamedTuple):
+    """The fleet's replication changed state: STATUS= and the metrics follow."""
+
+
+Message = Changed | Rescan | Reload | Stop | Wake

@@ -35,10 +35,12 @@ T = TypeVar("T")
 
 
 class Replicator:
-    def __init__(self, settings: config.Config, state: store.Store, host_id: str) -> None:
+    def __init__(self, settings: config.Config, state: store.Store, host_id: str,
+                 changed: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = state
         self.host_id = host_id
+        self.changed = changed  # wakes the main loop: STATUS= and the metrics follow at once
         self.outbox = outbox.Outbox(settings.state_dir, settings.fleet_outbox_max, self._warn)
         self._records: queue.SimpleQueue[history.Committed | None] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -114,8 +116,10 @@ class Replicator:
 
     def _ship_loop(self) -> None:
         self._seed()
+        self._entries()  # counted before "starting" ends: never "up to date" over a full outbox
         with self._lock:
             self._seeded = True
+        self.changed()
         delay = _BACKOFF[0]
         last_touch = 0.0
         while not self._stopping.is_set():
@@ -150,7 +154,9 @@ class Replicator:
             self._warn(f"fleet outbox cannot be read: {e}")
             entries = []
         with self._lock:
-            self._queued = len(entries)
+            changed, self._queued = self._queued != len(entries), len(entries)
+        if changed:
+            self.changed()
         return entries
 
     def _ship(self, entries: list[outbox.Entry]) -> None:
@@ -192,6 +198,7 @@ class Replicator:
             was, self._unreachable_since, self._last_error = self._unreachable_since, None, None
         if was is not None:
             log.info("fleet: database reachable again", extra=logs.fields(logs.FLEET))
+            self.changed()
 
     def _unreachable(self, why: str) -> None:
         self._drop_connection()
@@ -201,6 +208,8 @@ class Replicator:
             changed, self._last_error = why != self._last_error, why
         if first or changed:  # said once per kind of failure, not at every retry
             self._warn(f"fleet: database unreachable, generations stay queued (retrying): {why}")
+        if first:
+            self.changed()
 
     # --- seed --------------------------------------------------------------------------------------
 

@@ -43,7 +43,8 @@ class Service:
         state.prepare()
         self.replication: replication.Replicator | None = None
         if self.settings.fleet_enabled:
-            self.replication = replication.Replicator(self.settings, state, fleet.host_id(self.settings))
+            self.replication = replication.Replicator(self.settings, state, fleet.host_id(self.settings),
+                                                      changed=lambda: self.queue.put(messages.Wake()))
             state.on_commit = self.replication.committed
         self.sync = sync.Synchronizer(self.settings, state, self.clock)
         self.debouncer: debounce.Debouncer[sync.Key] = debounce.Debouncer(self.settings.quiet_period)

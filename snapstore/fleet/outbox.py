@@ -162,9 +162,14 @@ class Outbox:
     def done(self, entries: list[Entry], shipped: Sequence[history.Committed] = ()) -> None:
         """Acknowledged (or dropped): marks written, then entries removed, the record first."""
         with self._opened() as fd:
-            if shipped:
+            newest: dict[tuple[str, str], history.Committed] = {}
+            for committed in shipped:  # one mark per domain: only its newest matters
+                key = (committed.kind.name, committed.domain)
+                if key not in newest or newest[key].number < committed.number:
+                    newest[key] = committed
+            if newest:
                 with fsio.subfolder(fd, SHIPPED) as marks_fd:
-                    for committed in shipped:
+                    for committed in newest.values():
                         _mark(marks_fd, committed)
                     fsio.fsync_dir(marks_fd, self.root / SHIPPED)
             for entry in entries:

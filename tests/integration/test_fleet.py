@@ -5,8 +5,10 @@ between ship and acknowledgement, `fleet check`, and the errors an operator
 meets first."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -269,10 +271,15 @@ def test_kill_between_ship_and_acknowledgement_sends_again_without_duplicate(tmp
     host.folder("vm1", ["s1", "s2"])
     assert host.run("consolidate", "vm1").code == 0
     entry = host.state / "outbox/snapshots.vm1.1.json"
-    killed = subprocess.run(
-        ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(entry.parent), "-e", "trace=unlink,unlinkat",
-         "-e", "inject=unlink,unlinkat:signal=KILL", str(cli.SCRIPT), "daemon", *host.argv()],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(entry.parent), "-e", "trace=unlink,unlinkat",
+            "-e", "inject=unlink,unlinkat:signal=KILL", str(cli.SCRIPT), "daemon", *host.argv()]
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True) as killed:
+        try:
+            killed.wait(60)
+        finally:  # never an orphaned daemon: the whole session goes
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(killed.pid, signal.SIGKILL)
     assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed
     assert entry.exists(), "killed before the acknowledgement"
     assert generations(fleet_db, "host-a", "vm1") == [(1, 2, "s2")], "shipped before the kill"
