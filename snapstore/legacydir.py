@@ -11,11 +11,15 @@ import dataclasses
 import functools
 import os
 import stat
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
 from snapstore import codes, errors, fsio, index, kinds, model, naming
 from snapstore.formats import legacy, xmlsafe
+
+if typing.TYPE_CHECKING:
+    from lxml import etree
 
 LIBVIRT_TEMP_SUFFIX = ".new"  # virFileRewrite's temp: <name>.xml.new
 
@@ -78,8 +82,12 @@ Sources = index.Sources
 Cache = dict[str, tuple[list[int], legacy.LegacyMoment]]
 
 
+# File name, parsed element: see legacy.parse_legacy's ``inspect``.
+Inspect = Callable[[str, "etree._Element"], None]
+
+
 def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
-                cache: Cache | None = None) -> LegacyFolder:
+                cache: Cache | None = None, inspect: Inspect | None = None) -> LegacyFolder:
     """Every entry of a domain folder, parsed; ``folder.read_as`` holds the
     identity of each file as read (fstat of the descriptor read from).
 
@@ -101,7 +109,7 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
                 folder.read_as[name] = hit[0]
                 _add(folder, name, hit[1])
             else:
-                _read_entry(folder, dir_fd, name, limit, cache)
+                _read_entry(folder, dir_fd, name, limit, cache, inspect)
     if cache is not None:
         for gone in set(cache) - set(folder.listed):
             del cache[gone]
@@ -109,7 +117,7 @@ def read_folder(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.L
 
 
 def read_settled(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.LIBVIRT_FILE_LIMIT,
-                 cache: Cache | None = None, attempts: int = 3) -> LegacyFolder:
+                 cache: Cache | None = None, attempts: int = 3, inspect: Inspect | None = None) -> LegacyFolder:
     """read_folder, proven to have seen one state of the folder.
 
     libvirt changes a folder file by file (a new current snapshot is a new
@@ -123,7 +131,7 @@ def read_settled(root: Path, kind: kinds.Kind, domain: str, limit: int = legacy.
     """
     cache = {} if cache is None else cache  # a second attempt reads only what changed
     for _attempt in range(attempts):
-        folder = read_folder(root, kind, domain, limit, cache)
+        folder = read_folder(root, kind, domain, limit, cache, inspect)
         after = sources(root, domain)
         changed = _changed_since_read(folder, after)
         if not changed:
@@ -159,7 +167,8 @@ def sources(root: Path, domain: str) -> Sources | None:
         return found
 
 
-def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None) -> None:
+def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache: Cache | None,
+                inspect: Inspect | None = None) -> None:
     display = f"{folder.path}{os.sep}{name}"  # a string: a Path per file costs more than parsing it
     if name.endswith(LIBVIRT_TEMP_SUFFIX):
         folder.notes.append(codes.Problem(codes.LIBVIRT_TEMP, "libvirt temp left by an interrupted write, ignored",
@@ -179,7 +188,8 @@ def _read_entry(folder: LegacyFolder, dir_fd: int, name: str, limit: int, cache:
     try:
         data, identity = fsio.read_identified(dir_fd, name, limit, display)
         folder.read_as[name] = identity
-        entry = legacy.parse_legacy(data, folder.kind, display, limit)
+        entry = legacy.parse_legacy(data, folder.kind, display, limit,
+                                    None if inspect is None else lambda element: inspect(name, element))
     except errors.FormatError as e:
         folder.failures.append(e)
         return

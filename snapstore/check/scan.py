@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
-import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +16,9 @@ from pathlib import Path
 from snapstore import codes, config, errors, fsio, kinds, legacydir, limits, model, naming, store
 from snapstore.check import bitmaps, disks, findings, generations, schema
 from snapstore.check.disks import Images  # the field "disks" hides the module in Options
-from snapstore.formats import consolidated, legacy, mapping, xmlsafe
+from snapstore.formats import consolidated, mapping, xmlsafe
 
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_LINE = re.compile(r"^line \d+: ")
 
 
 @dataclasses.dataclass
@@ -140,15 +139,20 @@ class DomainCheck:
             return None
         if not path.exists():
             return None
+        validator = schema.validator(self.kind.name, self.options.schema_dir)
+        invalid: dict[str, str | None] = {}  # file name -> why its element does not validate
         try:
-            folder = legacydir.read_settled(root, self.kind, self.domain, self.settings.max_legacy_bytes)
+            folder = legacydir.read_settled(
+                root, self.kind, self.domain, self.settings.max_legacy_bytes,
+                inspect=None if validator is None else lambda name, element: invalid.update(
+                    {name: validator.problem(element)}))
         except errors.SnapstoreError as e:
             self.add(codes.NOT_REGULAR if path.exists() and not path.is_dir() else codes.UNREADABLE, str(e), path=path)
             return None
         self._file_findings(folder)
         self._tree_findings(folder.tree(), {m.name: m.source for m in folder.tree().moments})
         self._current_findings(folder)
-        self._schema_findings(folder)
+        self._schema_findings(folder, invalid if validator is not None else None)
         return folder
 
     def _file_findings(self, folder: legacydir.LegacyFolder) -> None:
@@ -209,33 +213,18 @@ class DomainCheck:
             self.add(codes.NO_CURRENT, "no snapshot is marked current", path=folder.path,
                      hint=f"virsh snapshot-current {self.domain} NAME, if one should be")
 
-    def _schema_findings(self, folder: legacydir.LegacyFolder) -> None:
-        validator = schema.validator(self.kind.name, self.options.schema_dir)
-        if validator is None:
+    def _schema_findings(self, folder: legacydir.LegacyFolder, invalid: dict[str, str | None] | None) -> None:
+        """SS108 for each file whose element did not validate: checked as the
+        folder read parsed it (header comment included), so each line named
+        is a line of the bytes read, and nothing is parsed twice."""
+        if invalid is None:
             self.report.note(f"libvirt's schemas are not installed in {self.options.schema_dir}; "
                              "schema validation skipped")
             return
         for name, entry in folder.entries.items():
-            problem = validator.problem(mapping.element(entry.moment))
+            problem = invalid.get(name)
             if problem:
-                self.add(codes.SCHEMA_INVALID, self._file_problem(validator, folder, name) or _LINE.sub("", problem),
-                         entry.moment.name, entry.moment.source)
-
-    def _file_problem(self, validator: schema.Validator, folder: legacydir.LegacyFolder, name: str) -> str | None:
-        """The schema problem at a line of the file itself (the validator saw the
-        moment without libvirt's header comment, so its lines count from
-        elsewhere): rare, so the file is read and validated again, in full.
-        None when the file changed since: no line rather than a wrong one."""
-        seen = _folder_seen(folder, name)
-        limit = self.settings.max_legacy_bytes
-        try:
-            with seen.opened_folder() as folder_fd:
-                root = xmlsafe.parse_bytes(seen.read(folder_fd, limit), str(seen.path), limit)
-            if self.kind.stores_current:
-                legacy.pop_active(root, str(seen.path))  # libvirt's internal marker is not in the schema
-        except errors.SnapstoreError:
-            return None
-        return validator.full_problem(root)
+                self.add(codes.SCHEMA_INVALID, problem, entry.moment.name, entry.moment.source)
 
     # --- the store ---------------------------------------------------------------------
 
@@ -245,6 +234,10 @@ class DomainCheck:
         try:
             data = self._read_store(scan, path)
             if data is None:
+                return
+            if self._committed_from(scan, data):
+                self._mode_finding(path)
+                scan.stored = scan.folder.tree() if scan.folder is not None else None
                 return
             tree = consolidated.parse_consolidated(data, self.kind, str(path), self.settings.max_store_bytes)
         except errors.FormatError as e:
@@ -257,6 +250,20 @@ class DomainCheck:
         self._tree_findings(tree, {m.name: str(path) for m in tree.moments})
         self._name_findings(tree.moments, str(path))
         scan.stored = tree
+
+    def _committed_from(self, scan: Scan, data: bytes) -> bool:
+        """Whether the store file is, byte for byte (the SHA-256 its index
+        records), the one snapstore committed from exactly the files this
+        read of the folder found (the identities the index records as its
+        sources): it then holds the folder's tree, validated before it was
+        committed, and parsing it again would find nothing the folder's
+        checks did not. Anything else (an edit, an undo, a pull, an index
+        lost or stale) is parsed and compared moment by moment."""
+        folder = scan.folder
+        if folder is None or folder.sources is None or folder.failures:
+            return False
+        entry = self.store.unchanged(self.kind, self.domain, folder.sources)
+        return entry is not None and entry.sha256 is not None and entry.sha256 == hashlib.sha256(data).hexdigest()
 
     def _read_store(self, scan: Scan, path: Path) -> bytes | None:
         """The store file's bytes (None when absent); ``scan.store_seen`` says which file."""

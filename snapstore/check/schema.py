@@ -36,10 +36,6 @@ class Validator:
             self.valid_definitions.update(keys)
         return found
 
-    def full_problem(self, element: etree._Element) -> str | None:
-        """problem() without the stub shortcut: line numbers are the element's own."""
-        return self._validate(element)
-
     def _with_stubs(self, element: etree._Element, embedded: list[etree._Element]) -> str | None:
         placed = []
         try:

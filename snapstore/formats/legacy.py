@@ -7,6 +7,7 @@ comment, the root element, and for snapshots an internal ``<active>`` child
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from lxml import etree
 
@@ -31,8 +32,14 @@ class LegacyMoment:
     active: bool  # the <active> marker; always False for checkpoints
 
 
-def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
-                 limit: int = LIBVIRT_FILE_LIMIT) -> LegacyMoment:
+Inspect = Callable[[etree._Element], None]
+
+
+def parse_legacy(data: bytes, kind: kinds.Kind, source: str, limit: int = LIBVIRT_FILE_LIMIT,
+                 inspect: Inspect | None = None) -> LegacyMoment:
+    """The moment a file holds; ``inspect`` sees the parsed element (without
+    <active>) before it is mapped, and must leave it as it found it: check's
+    schema pass validates it there instead of parsing the moment again."""
     root = xmlsafe.parse_bytes(data, source, limit)
     if root.tag != kind.root_tag:
         raise errors.FormatError(path=source,
@@ -40,6 +47,8 @@ def parse_legacy(data: bytes, kind: kinds.Kind, source: str,
                                  code=codes.WRONG_ROOT)
     xmlsafe.refuse_unnestable(root, source)
     active = pop_active(root, source) if kind.stores_current else False
+    if inspect is not None:
+        inspect(root)
     moment = mapping.moment(root, source)
     if not moment.name:
         raise errors.FormatError(path=source, reason=f"<{kind.root_tag}> has no <name>",

@@ -984,3 +984,4 @@ def test_every_code_is_produced_by_some_case() -> None:
     if every_case != RAN or codes.UNREADABLE not in SEEN:
         pytest.skip(f"partial run: {len(RAN)} of {len(every_case)} damage cases ran")
     assert set(codes.CODES) - SEEN - fleet == set(), f"codes no check run produced: {sorted(set(codes.CODES) - SEEN)}"
+

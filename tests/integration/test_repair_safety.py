@@ -415,17 +415,3 @@ def test_schema_finding_names_a_line_of_the_file(env: Env, capsys: pytest.Captur
     assert [f["path"] for f in invalid] == [str(env.file("s3"))], result
     assert invalid[0]["message"].startswith(f"line {line}: "), (
         f"SS108 must name line {line} of {env.file('s3')} ({lines[line - 1].strip()}): {invalid[0]['message']}")
-
-
-def test_schema_finding_without_a_line_when_the_file_changed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read again to find the line, the file is another one: no line rather than a wrong one."""
-    schema_invalid(env)
-    real = scan.DomainCheck._file_problem
-
-    def swapped_first(self: scan.DomainCheck, *args: object) -> str | None:
-        write(env.file("s3"), env.file("s3").read_bytes(), 0o600)
-        return real(self, *args)
-
-    monkeypatch.setattr(scan.DomainCheck, "_file_problem", swapped_first)
-    invalid = [f for f in scanned(env).report.findings if f.code == codes.SCHEMA_INVALID]
-    assert len(invalid) == 1 and not invalid[0].message.startswith("line "), invalid

@@ -72,8 +72,8 @@ def test_only_changed_files_are_parsed_again(env, monkeypatch) -> None:
     samples.write_folder(folder, [(f"s{i}", f"s{i - 1}" if i else None) for i in range(20)], current="s19")
     parsed: list[str] = []
     real = legacy.parse_legacy
-    monkeypatch.setattr(legacy, "parse_legacy", lambda data, kind, source, limit: (
-        parsed.append(Path(source).name), real(data, kind, source, limit))[1])
+    monkeypatch.setattr(legacy, "parse_legacy", lambda data, kind, source, limit, inspect=None: (
+        parsed.append(Path(source).name), real(data, kind, source, limit, inspect))[1])
     synchronizer.sync(KEY)
     assert len(parsed) == 20
     parsed.clear()
