@@ -75,7 +75,19 @@ class Tree:
 
     @functools.cached_property
     def _order(self) -> list[Moment]:
-        return self._walk()
+        """The walk, or the order of a tree of the same shape walked before:
+        the daemon builds a domain's tree anew at every change, and most
+        changes (a description, the current snapshot) keep names, parents
+        and creation times as they were."""
+        shape = tuple((m.name, m.parent, m.creation_time) for m in self.moments)
+        known = _ORDERS.get(shape)
+        if known is None:
+            position = {id(m): index for index, m in enumerate(self.moments)}
+            known = tuple(position[id(m)] for m in self._walk())
+            if len(_ORDERS) >= _ORDERS_KEPT:
+                del _ORDERS[next(iter(_ORDERS))]  # the oldest
+            _ORDERS[shape] = known
+        return [self.moments[index] for index in known]
 
     def _walk(self) -> list[Moment]:
         children = self.children()
@@ -163,6 +175,12 @@ class Tree:
             return None
         leaves = [m for m in self.moments if m.name not in children]
         return leaves[0].name if len(leaves) == 1 else None
+
+
+# Shape (name, parent, creation time of each moment, in list order) -> the
+# walk's order as indices; a few shapes, the oldest dropped first.
+_ORDERS: dict[tuple[tuple[str, str | None, int | None], ...], tuple[int, ...]] = {}
+_ORDERS_KEPT = 16
 
 
 def _sibling_key(moment: Moment) -> tuple[bool, int, str]:
