@@ -65,6 +65,7 @@ class Generation(typing.NamedTuple):
     moments: int
     current: str | None
     change: Change      # to the file that replaced it
+    mtime_ns: int | None = None  # the file's, when recorded: check reads a generation again only if it moved
 
 
 class Limits(typing.NamedTuple):
@@ -205,8 +206,9 @@ class History:
         folder = self.folder(pending.kind, pending.domain)
         with fsio.opened_dir(folder) as fd:
             sha = before.sha256 or _sha256_of(fd, f"{pending.number}.xml")
+            kept = os.stat(f"{pending.number}.xml", dir_fd=fd, follow_symlinks=False)
             record = {"format": FORMAT, "generation": pending.number, "replaced_at": time.time(),
-                      "replaced_by": replaced_by, "sha256": sha, "size": pending.size,
+                      "replaced_by": replaced_by, "sha256": sha, "size": kept.st_size, "mtime_ns": kept.st_mtime_ns,
                       "moments": len(before.digests), "current": before.current,
                       "change": _change(before, after)._asdict()}
             moments = {"format": FORMAT, "current": before.current, "digests": before.digests}
@@ -346,10 +348,12 @@ def _change(before: Snapshot, after: Snapshot) -> Change:
 
 def _decode(data: dict[str, Any]) -> Generation:
     change = data["change"]
+    mtime = data.get("mtime_ns")  # records before 0.1's issue 16 have none
     return Generation(int(data["generation"]), float(data["replaced_at"]), str(data["replaced_by"]),
                       str(data["sha256"]), int(data["size"]), int(data["moments"]), data["current"],
                       Change(list(change["added"]), list(change["removed"]), list(change["changed"]),
-                             (change["current"][0], change["current"][1])))
+                             (change["current"][0], change["current"][1])),
+                      int(mtime) if mtime is not None else None)
 
 
 def numbers(fd: int) -> list[int]:

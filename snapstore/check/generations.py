@@ -3,6 +3,11 @@
 
 A generation whose SHA-256 matches its record is the file a commit
 replaced, so it parses: only the others are parsed, to say what is wrong.
+A generation whose size and mtime are still those its record noted is not
+read at all: its inode is never written again (a commit renames a new one
+into place), so only an edit would change it, and an edit moves its mtime.
+Reading every generation would read the store file a hundred times over
+(650 MiB at 1,000 snapshots with the default history_keep).
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ def _gaps(report: findings.Report, kind: kinds.Kind, domain: str, numbers: list[
 def _one(report: findings.Report, state: store.Store, fd: int, kind: kinds.Kind, domain: str, number: int,
          record: history.Generation | None) -> None:
     path = state.history.folder(kind, domain) / f"{number}.xml"
-    size = os.stat(path.name, dir_fd=fd, follow_symlinks=False).st_size
+    info = os.stat(path.name, dir_fd=fd, follow_symlinks=False)
+    size = info.st_size
     if size > state.read_limit:
         report.add(codes.HISTORY_OVERSIZE, f"generation {number} is {size} bytes, over the {state.read_limit}-byte "
                    "limit (max_store_bytes): undo and diff cannot read it", domain, kind, path=path)
@@ -57,6 +63,8 @@ def _one(report: findings.Report, state: store.Store, fd: int, kind: kinds.Kind,
     if record is None:
         report.add(codes.HISTORY_RECORD, f"generation {number} has no record (when, by what, its SHA-256)",
                    domain, kind, path=path, hint=_hint(domain))
+    elif record.mtime_ns is not None and (size, info.st_mtime_ns) == (record.size, record.mtime_ns):
+        return  # untouched since recorded
     try:
         data = fsio.read_regular(fd, path.name, state.read_limit, path)
         if record is None or hashlib.sha256(data).hexdigest() != record.sha256:

@@ -2,6 +2,7 @@
 bytes snapstore committed from the very files the folder holds."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -28,3 +29,20 @@ def test_a_store_file_changed_behind_its_index_is_parsed_and_compared(
         [info.st_ino, info.st_size, info.st_mtime_ns]
     found = support_cli.in_process(capsys, env.argv("check", "--no-disks", "--json"))
     assert found.code == 3 and found.codes == {codes.CONTENT_DIFFERS}, found
+
+
+def test_a_generation_edited_in_place_is_read_and_found(env: folders.Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """check reads a generation again only when its size or mtime moved from
+    what its record noted: an edit of the same size moves the mtime."""
+    (env.folder / "s3.xml").write_bytes((env.folder / "s3.xml").read_bytes().replace(b"shutoff", b"running"))
+    assert support_cli.in_process(capsys, env.argv("consolidate", "vm1")).code == 0
+    kept = env.state / "history/snapshots/vm1/1.xml"
+    record = json.loads((env.state / "history/snapshots/vm1/1.json").read_text())
+    assert record["mtime_ns"] == kept.stat().st_mtime_ns and record["size"] == kept.stat().st_size
+    clean = support_cli.in_process(capsys, env.argv("check", "--no-disks", "--json"))
+    assert clean.code == 0, clean
+    data = kept.read_bytes()
+    with open(kept, "r+b") as handle:  # same size, same inode
+        handle.write(data.replace(b"<name>s1</name>", b"<name>s9</name>", 1))
+    found = support_cli.in_process(capsys, env.argv("check", "--no-disks", "--json"))
+    assert found.code == 1 and found.codes == {codes.HISTORY_DAMAGED}, found
