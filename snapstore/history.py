@@ -26,6 +26,7 @@ import os
 import re
 import time
 import typing
+import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,14 +109,30 @@ class Committed(typing.NamedTuple):
                 "digests": self.digests, "uuid": self.uuid, "identity": self.identity}
 
 
-def decode_committed(data: dict[str, Any]) -> Committed:
-    """The inverse of Committed.encode (KeyError, TypeError, ValueError on a bad record)."""
-    if data["format"] != FORMAT:
-        raise ValueError(f"record format {data['format']!r}, expected {FORMAT}")
-    return Committed(kinds.by_name(str(data["kind"])), str(data["domain"]), int(data["generation"]),
-                     float(data["committed_at"]), str(data["committed_by"]), str(data["sha256"]),
-                     int(data["size"]), data["current"], {str(k): str(v) for k, v in data["digests"].items()},
-                     data["uuid"], [int(n) for n in data["identity"]])
+def decode_committed(data: Any) -> Committed:
+    """The inverse of Committed.encode, every field checked (ValueError on a
+    bad record: a record the database would refuse must not reach it)."""
+    try:
+        if data["format"] != FORMAT:
+            raise ValueError(f"record format {data['format']!r}, expected {FORMAT}")
+        digests, uuid, current = data["digests"], data["uuid"], data["current"]
+        committed = Committed(kinds.by_name(str(data["kind"])), _text(data["domain"]), int(data["generation"]),
+                              float(data["committed_at"]), _text(data["committed_by"]), _text(data["sha256"]),
+                              int(data["size"]), None if current is None else _text(current),
+                              {_text(k): _text(v) for k, v in dict(digests).items()},
+                              None if uuid is None else str(uuidlib.UUID(_text(uuid))),
+                              [int(n) for n in data["identity"]])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a generation record: {e!r}") from e
+    if not re.fullmatch(r"[0-9a-f]{64}", committed.sha256) or committed.number < 1:
+        raise ValueError("not a generation record: a SHA-256 and a number from 1 expected")
+    return committed
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
 
 
 class Pending(typing.NamedTuple):

@@ -274,7 +274,14 @@ class Store:
         if kept and before is not None and after is not None:
             self.history.record(kept[0], before, after, by)
         if self.on_commit is not None and after is not None:
-            self._announce(tree, after, len(data), kept[0].number + 1 if kept else None, by)
+            if keeping and replaced is not None and not kept:
+                # The history could not keep the file replaced (warned): this
+                # generation's number is not known, and a guess could reuse one.
+                self.warn(f"{tree.domain}: fleet: generation of its {tree.kind.plural} not queued: the file it "
+                          "replaced was not kept in the history, so its number is unknown (the commit itself "
+                          "stands; the next commit is queued)")
+            else:
+                self._announce(tree, after, len(data), kept[0].number + 1 if kept else None, by)
 
     def _announce(self, tree: model.Tree, after: history.Snapshot, size: int, number: int | None, by: str) -> None:
         """Tell on_commit of the generation now live (number: one past the

@@ -129,7 +129,7 @@ def run_pull(args: argparse.Namespace, context: common.Context) -> int:
 
     kind, state = context.kind(args), context.store()
     with _connected(args, context) as conn:
-        pulled = view.fetch(conn, kind, args.domain, args.from_host, args.generation)
+        pulled = view.fetch(conn, kind, args.domain, args.from_host, args.generation, state.read_limit)
     source = f"generation {pulled.generation} from {pulled.host}"
     tree = consolidated.parse_consolidated(pulled.data, kind, source, state.read_limit)
     if tree.domain != args.domain:

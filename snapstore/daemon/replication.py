@@ -34,6 +34,10 @@ _HEARTBEAT = 60.0     # seconds between host rows touched while idle (fleet chec
 T = TypeVar("T")
 
 
+class Rejected(Exception):
+    """The database refused a batch's data (not the connection)."""
+
+
 class Replicator:
     def __init__(self, settings: config.Config, state: store.Store, host_id: str,
                  changed: Callable[[], None] = lambda: None) -> None:
@@ -74,10 +78,7 @@ class Replicator:
         self._threads[0].join(timeout)
         self._stopping.set()
         self._wake.set()
-        self._threads[1].join(timeout)
-        with contextlib.suppress(Exception):
-            if self._conn is not None:
-                self._conn.close()
+        self._threads[1].join(timeout)  # the shipper closes its own connection as it ends
 
     def status(self) -> str:
         """For STATUS=: ``fleet: 3 queued`` or ``fleet: unreachable since …``."""
@@ -98,9 +99,14 @@ class Replicator:
 
     def _record_loop(self) -> None:
         while (committed := self._records.get()) is not None:
-            self._queue(committed)
-            with self._lock:
-                self._unrecorded -= 1
+            try:
+                self._queue(committed)
+            except Exception as e:  # the thread must outlive anything: said
+                self._warn(f"{committed.domain}: fleet: generation {committed.number} not queued: "
+                           f"{type(e).__name__}: {e} (the daemon's next start queues the live one)")
+            finally:
+                with self._lock:
+                    self._unrecorded -= 1
 
     def _queue(self, committed: history.Committed) -> None:
         try:
@@ -115,7 +121,16 @@ class Replicator:
     # --- shipper ---------------------------------------------------------------------------------
 
     def _ship_loop(self) -> None:
-        self._seed()
+        try:
+            self._shipping()
+        finally:
+            self._drop_connection()
+
+    def _shipping(self) -> None:
+        try:
+            self._seed()
+        except Exception as e:  # the thread must outlive anything: said, shipping goes on
+            self._warn(f"fleet: live generations not queued at start: {type(e).__name__}: {e}")
         self._entries()  # counted before "starting" ends: never "up to date" over a full outbox
         with self._lock:
             self._seeded = True
@@ -160,8 +175,18 @@ class Replicator:
         return entries
 
     def _ship(self, entries: list[outbox.Entry]) -> None:
-        batch = [(entry, found) for entry in entries if (found := self.outbox.read(entry)) is not None]
-        shipped = self._database(lambda conn: ship.ship(conn, self.host_id, [found for _, found in batch]))
+        batch = [(entry, found) for entry in entries
+                 if (found := self.outbox.read(entry, self.store.read_limit)) is not None]
+        try:
+            shipped = self._database(lambda conn: ship.ship(conn, self.host_id, [found for _, found in batch]))
+        except Rejected as e:
+            if len(batch) == 1:  # this one entry: dropped, so that the rest can go
+                self._warn(f"fleet: {batch[0][0].name}: the database refuses it ({e}); dropped from the outbox")
+                self.outbox.done([batch[0][0]])
+                return
+            for one in batch:  # which entry is it: one at a time
+                self._ship([one[0]])
+            return
         for committed in shipped.conflicting:
             self._warn(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} is in "
                        "the fleet already with other content (was the local history renumbered?); not overwritten")
@@ -173,7 +198,8 @@ class Replicator:
 
     def _database(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``call`` on the connection (made when there is none); a failure is
-        a FleetError and drops the connection."""
+        a FleetError (retried with backoff), or Rejected when the database
+        refused the data itself (a constraint, a type): retrying would not help."""
         import psycopg
 
         try:
@@ -182,6 +208,9 @@ class Replicator:
             result = call(self._conn)
             self._conn.commit()
             return result
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+            self._drop_connection()
+            raise Rejected(database.reason(e)) from None
         except psycopg.Error as e:
             self._drop_connection()
             raise errors.FleetError(where=database.describe(self.settings.fleet_dsn),

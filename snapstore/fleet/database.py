@@ -24,8 +24,9 @@ GROUP_ROLE = "snapstore_host"
 _ADVISORY_LOCK = 0x736E6170  # "snap": serialises `fleet init` from several hosts at once
 # libpq settings snapstore adds unless the DSN sets them: a dead server must
 # fail a call in bounded time (the shipper then backs off and retries).
+# A statement waiting on a lock (a migration, an operator's LOCK TABLE) fails too.
 _DEFAULTS = {"connect_timeout": "10", "tcp_user_timeout": "30000", "keepalives_idle": "30",
-             "application_name": "snapstore"}
+             "application_name": "snapstore", "options": "-c statement_timeout=60000 -c lock_timeout=30000"}
 
 # Each version's statements, applied in one transaction under the advisory lock.
 _MIGRATIONS: dict[int, list[str]] = {1: [
@@ -88,14 +89,18 @@ assert max(_MIGRATIONS) == SCHEMA_VERSION
 def connect(dsn: str) -> psycopg.Connection[Any]:
     """A connection to the fleet database, its schema checked; FleetError
     (one line, no password) when it cannot be had."""
+    pg = _psycopg()
     conn = open_connection(dsn)
+    where = describe(dsn)
     try:
         version = schema_version(conn)
         conn.commit()
+    except pg.Error as e:
+        conn.close()
+        raise errors.FleetError(where=where, reason=f"cannot read the schema version: {reason(e)}") from None
     except BaseException:
         conn.close()
         raise
-    where = describe(dsn)
     if version is None:
         conn.close()
         raise errors.FleetError(where=where, reason="holds no snapstore schema: run 'snapstore fleet init' "
@@ -184,7 +189,20 @@ def _params(dsn: str) -> dict[str, str]:
         raise errors.FleetError(where="(DSN not valid)", reason=(
             f"the DSN cannot be read ({_without_dsn(str(e))}); expected 'host=… dbname=… user=…' or "
             "'postgresql://user@host/dbname'")) from None
+    # A password with '/', '@' or ':' unescaped in a URI shifts into host,
+    # port or database name, which messages show: refused, never shown.
+    if _mangled(params):
+        raise errors.FleetError(where="(DSN not valid)", reason=(
+            "the DSN cannot be read (a password with '@', '/' or ':' must be percent-encoded in a URI, or "
+            "kept in a passfile); expected 'host=… dbname=… user=…' or 'postgresql://user@host/dbname'"))
     return {**_DEFAULTS, **params}
+
+
+def _mangled(params: dict[str, str]) -> bool:
+    host = params.get("host", "")
+    return (not all(part.isdigit() for part in params.get("port", "").split(",") if part)
+            or "@" in host or ("/" in host and not host.startswith("/"))  # a socket folder starts with '/'
+            or any(mark in params.get(key, "") for key in ("user", "dbname") for mark in "@/:"))
 
 
 def _without_dsn(text: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from snapstore import errors, fsio, history, kinds, naming
+from snapstore import codes, errors, fsio, history, kinds, naming
 
 _ENTRY = re.compile(r"(?P<kind>[a-z]+)\.(?P<stem>.+)\.(?P<number>\d+)\.json")
 _RECORD_LIMIT = 64 << 20
@@ -111,7 +112,9 @@ class Outbox:
                         raise errors.QueueError(path=self.root / target, reason=(
                             "not queued: holds another file of the same generation number; left as it is")) from None
                     return False
-                return True
+                if _is(fd, target, committed.identity):
+                    return True
+                os.unlink(target, dir_fd=fd)  # replaced between the check and the link: not this generation
         raise Superseded(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} was "
                          "replaced before it was queued, and is not kept; a newer one is queued")
 
@@ -145,19 +148,30 @@ class Outbox:
     def count(self) -> int:
         return len(self.entries())
 
-    def read(self, entry: Entry) -> tuple[history.Committed, bytes] | None:
-        """The record and the file of ``entry``; None (and said) when it cannot
-        be shipped: it is dropped, the daemon's next seed queues the live one."""
+    def read(self, entry: Entry, limit: int) -> tuple[history.Committed, bytes] | None:
+        """The record and the file of ``entry``, the file's SHA-256 checked
+        against the record; None (and said) when it cannot be shipped: it is
+        dropped (the daemon's next seed queues the live generation again).
+        A read that fails (EIO, EMFILE) raises: the entry is tried again."""
         path = self.root / f"{entry.name}.json"
         try:
             with fsio.opened_dir(self.root) as fd:
                 record = history.decode_committed(json.loads(fsio.read_regular(fd, path.name, _RECORD_LIMIT, path)))
-                data = fsio.read_regular(fd, f"{entry.name}.xml", 1 << 34, self.root / f"{entry.name}.xml")
+                data = fsio.read_regular(fd, f"{entry.name}.xml", limit, self.root / f"{entry.name}.xml")
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                raise ValueError("the file is not the one its record describes (SHA-256 differs)")
             return record, data
-        except (ValueError, KeyError, TypeError, errors.FormatError) as e:
-            self.warn(f"fleet outbox: {path}: cannot be shipped, dropped: {e}")
-            self.done([entry])
-            return None
+        except errors.FormatError as e:
+            if e.code == codes.UNREADABLE and not isinstance(e.__cause__, FileNotFoundError):
+                raise
+            self._drop_said(entry, path, e)
+        except ValueError as e:  # json's errors too
+            self._drop_said(entry, path, e)
+        return None
+
+    def _drop_said(self, entry: Entry, path: Path, error: Exception) -> None:
+        self.warn(f"fleet outbox: {path}: cannot be shipped, dropped: {error}")
+        self.done([entry])
 
     def done(self, entries: list[Entry], shipped: Sequence[history.Committed] = ()) -> None:
         """Acknowledged (or dropped): marks written, then entries removed, the record first."""
@@ -253,7 +267,7 @@ def _is(fd: int, name: str, identity: list[int]) -> bool:
         info = os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    return fsio.identity(info)[:2] == identity[:2]
+    return fsio.identity(info) == identity  # device, inode, size, mtime: a reused inode number differs
 
 
 def _mark(fd: int, committed: history.Committed) -> None:

@@ -42,7 +42,8 @@ def ship(conn: psycopg.Connection[Any], host_id: str, batch: list[tuple[history.
                             [(c.sha256, len(data), zlib.compress(data, 6)) for c, data in new])
             cur.executemany(
                 "INSERT INTO snapstore.generations (host_id, kind, domain, generation, uuid, sha256, moments, "
-                "current, digests, committed_at, committed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "current, digests, committed_at, committed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (host_id, kind, domain, generation) DO NOTHING",  # a second shipper (a reload)
                 [(host_id, c.kind.name, c.domain, c.number, c.uuid, c.sha256, len(c.digests), c.current,
                   json.dumps(c.digests, ensure_ascii=False), _when(c.committed_at), c.committed_by)
                  for c, _ in new])

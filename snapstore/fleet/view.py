@@ -159,7 +159,7 @@ class Pulled(typing.NamedTuple):
 
 
 def fetch(conn: psycopg.Connection[Any], kind: kinds.Kind, domain: str, host: str | None,
-          generation: int | None) -> Pulled:
+          generation: int | None, limit: int) -> Pulled:
     """Generation ``generation`` (default: the newest) of ``domain`` from ``host``
     (default: the one host holding it), its SHA-256 checked."""
     holders = [row[0] for row in conn.execute(
@@ -183,10 +183,13 @@ def fetch(conn: psycopg.Connection[Any], kind: kinds.Kind, domain: str, host: st
                                                          f"(snapstore fleet list --domain shows what it has)")
     number, sha, size, compressed = row
     try:
-        data = zlib.decompress(bytes(compressed), bufsize=max(int(size), 1))
+        data = zlib.decompressobj().decompress(bytes(compressed), limit + 1)  # never more than a store file
     except zlib.error as e:
         raise errors.Refused(domain=domain, reason=f"generation {number} from {host} cannot be decompressed "
                                                    f"({e}); nothing written") from e
+    if len(data) > limit:
+        raise errors.Refused(domain=domain, reason=f"generation {number} from {host} is over the {limit}-byte "
+                                                   "limit snapstore reads (max_store_bytes); nothing written")
     if hashlib.sha256(data).hexdigest() != sha:
         raise errors.Refused(domain=domain, reason=f"generation {number} from {host} does not match its SHA-256 "
                                                    "in the fleet; nothing written")

@@ -442,6 +442,35 @@ def test_a_host_role_writes_only_its_own_rows(fleet_db: Fleet) -> None:
         assert len(conn.execute("SELECT * FROM snapstore.hosts").fetchall()) == 2, "but every host reads the fleet"
 
 
+def test_an_entry_that_cannot_be_shipped_is_dropped_and_said_and_the_rest_ships(tmp_path: Path,
+                                                                             fleet_db: Fleet) -> None:
+    """A record that does not parse, and a file that is not the one its record
+    describes (SHA-256), never reach the database nor block the outbox."""
+    host = make_host(tmp_path, fleet_db, "host-a")
+    for domain in ("vm1", "vm2", "vm3"):
+        host.folder(domain, ["s1"])
+        assert host.run("consolidate", domain).code == 0
+    outbox = host.state / "outbox"
+    (outbox / "snapshots.vm1.1.json").write_text("{not json")
+    swapped = outbox / "snapshots.vm2.1.xml"
+    swapped.unlink()
+    swapped.write_bytes((host.state / "snapshots/vm3.xml").read_bytes())  # another file under vm2's record
+    daemon = host.daemon()
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: generations(fleet_db, "host-a", "vm3"), 20, daemon.describe)
+        wait_for(lambda: not list(outbox.glob("*.json")), 20, daemon.describe)
+    finally:
+        daemon.close()
+    said = daemon.stderr()
+    assert "snapshots.vm1.1.json: cannot be shipped, dropped" in said, said
+    assert "SHA-256 differs" in said, said
+    assert fleet_db.query("SELECT domain FROM snapstore.generations") == [("vm3",)], "nothing bad reached it"
+    host.replicate()  # the next start queues the live generations that were dropped
+    assert fleet_db.query("SELECT domain, generation FROM snapstore.generations ORDER BY domain") == [
+        ("vm1", 1), ("vm2", 1), ("vm3", 1)]
+
+
 def test_outbox_is_bounded_and_never_drops_a_domains_newest(tmp_path: Path, fleet_db: Fleet) -> None:
     host = make_host(tmp_path, fleet_db, "host-a")
     host.write_config(outbox_max=3)

@@ -66,3 +66,26 @@ def test_a_committed_generation_survives_its_record() -> None:
     assert history.decode_committed(committed.encode()) == committed
     with pytest.raises(ValueError, match="format"):
         history.decode_committed({**committed.encode(), "format": 99})
+
+
+@pytest.mark.parametrize("change", [
+    {"digests": ["not", "a", "dict"]}, {"sha256": "XYZ"}, {"generation": 0}, {"uuid": "not-a-uuid"},
+    {"domain": 7}, {"kind": "volume"},
+])
+def test_a_record_the_database_would_refuse_is_refused_here(change: dict[str, object]) -> None:
+    committed = history.Committed(kinds.SNAPSHOT, "vm1", 3, 1700000000.0, "consolidate", "ab" * 32, 10, None,
+                                  {"s1": "d1"}, "4f293fa2-6c6a-40c1-835c-76727585c2dc", [1, 2, 3, 4])
+    with pytest.raises(ValueError):
+        history.decode_committed({**committed.encode(), **change})
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://hv:s3cr3t/x@127.0.0.1/snap", "postgresql://hv:pa@ss@127.0.0.1/snap"])
+def test_a_uri_whose_password_spills_into_other_fields_is_refused_unshown(dsn: str) -> None:
+    """libpq reads an unescaped '/' or '@' of a password as part of host,
+    port or database, which messages would show."""
+    with pytest.raises(errors.FleetError) as caught:
+        database.connect(dsn)
+    assert "s3cr3t" not in str(caught.value) and "pa@ss" not in str(caught.value) and "ss@" not in str(caught.value)
+    assert "percent-encoded" in str(caught.value)
+    assert database.describe(dsn) == "(DSN not valid)"
+    assert database.describe("host=::1 dbname=x user=y") == "y@::1/x"  # an IPv6 host is fine
