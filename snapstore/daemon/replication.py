@@ -111,8 +111,8 @@ class Replicator:
     def _queue(self, committed: history.Committed) -> None:
         try:
             self.outbox.put(committed, self.store.generation_files(committed.kind, committed.domain, committed.number))
-        except outbox.Superseded as e:
-            log.info("fleet: %s", e, extra=logs.fields(logs.FLEET, committed.domain))
+        except outbox.Superseded as e:  # not in the fleet, ever: said as a warning
+            self._warn(f"fleet: {e}")
         except (OSError, errors.SnapstoreError) as e:
             self._warn(f"{committed.domain}: fleet: generation {committed.number} of its {committed.kind.plural}: "
                        f"{e} (the commit itself stands; the daemon's next start queues it)")
@@ -190,7 +190,9 @@ class Replicator:
         for committed in shipped.conflicting:
             self._warn(f"{committed.domain}: generation {committed.number} of its {committed.kind.plural} is in "
                        "the fleet already with other content (was the local history renumbered?); not overwritten")
-        self.outbox.done([entry for entry, _ in batch], shipped.sent + shipped.present)
+        # A conflicting one is marked too: the fleet holds that number, and the
+        # next start must not queue it again (and warn again).
+        self.outbox.done([entry for entry, _ in batch], shipped.sent + shipped.present + shipped.conflicting)
         with self._lock:
             self._shipped += len(shipped.sent)
         if shipped.sent:

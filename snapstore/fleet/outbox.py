@@ -223,7 +223,8 @@ class Outbox:
             for name in names:
                 stem = name.removesuffix(".xml")
                 if name.endswith(".xml") and stem not in queued and self._shipped_beyond(stem):
-                    os.unlink(name, dir_fd=fd)
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile: what we wanted
+                        os.unlink(name, dir_fd=fd)
 
     def _shipped_beyond(self, name: str) -> bool:
         match = _ENTRY.fullmatch(name + ".json")
@@ -235,7 +236,7 @@ class Outbox:
                 return False
             try:
                 return int(fsio.read_regular(fd, path.name, 256, path).split()[0]) >= int(match["number"])
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, errors.FormatError):  # a mark is a hint: when in doubt, keep
                 return False
 
 
