@@ -152,20 +152,18 @@ def _changed_since_read(folder: LegacyFolder, after: Sources | None) -> set[str]
 
 def sources(root: Path, domain: str) -> Sources | None:
     """The identity (fsio.identity) of every entry of a domain folder, None
-    when there is no folder. One stat per entry, after every read of the
-    daemon: kept to the syscall and the list it makes."""
-    stat = os.stat
+    when there is no folder."""
     with fsio.opened_dir_if_present(domain_folder(root, domain)) as dir_fd:
         if dir_fd is None:
             return None
         found: Sources = {}
         for name in os.listdir(dir_fd):
             try:
-                info = stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:  # removed meanwhile (libvirt deleting a snapshot)
                 found[name] = []
                 continue
-            found[name] = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]  # fsio.identity, inlined
+            found[name] = fsio.identity(info)
         return found
 
 

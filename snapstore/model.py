@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from collections.abc import Iterable, Iterator
 
 from snapstore import codes, kinds
@@ -80,13 +81,15 @@ class Tree:
         changes (a description, the current snapshot) keep names, parents
         and creation times as they were."""
         shape = tuple((m.name, m.parent, m.creation_time) for m in self.moments)
-        known = _ORDERS.get(shape)
+        with _ORDERS_LOCK:  # the daemon's threads build trees too
+            known = _ORDERS.get(shape)
         if known is None:
             position = {id(m): index for index, m in enumerate(self.moments)}
             known = tuple(position[id(m)] for m in self._walk())
-            if len(_ORDERS) >= _ORDERS_KEPT:
-                del _ORDERS[next(iter(_ORDERS))]  # the oldest
-            _ORDERS[shape] = known
+            with _ORDERS_LOCK:
+                if len(_ORDERS) >= _ORDERS_KEPT:
+                    del _ORDERS[next(iter(_ORDERS))]  # the oldest
+                _ORDERS[shape] = known
         return [self.moments[index] for index in known]
 
     def _walk(self) -> list[Moment]:
@@ -181,6 +184,7 @@ class Tree:
 # walk's order as indices; a few shapes, the oldest dropped first.
 _ORDERS: dict[tuple[tuple[str, str | None, int | None], ...], tuple[int, ...]] = {}
 _ORDERS_KEPT = 16
+_ORDERS_LOCK = threading.Lock()
 
 
 def _sibling_key(moment: Moment) -> tuple[bool, int, str]:

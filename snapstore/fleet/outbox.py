@@ -63,13 +63,10 @@ class Outbox:
         self.warn = warn
 
     @contextlib.contextmanager
-    def _opened(self, sub: str | None = None) -> Iterator[int]:
+    def _opened(self) -> Iterator[int]:
+        """The outbox folder, made when missing; never a symlink."""
         with fsio.opened_dir(self.state_dir) as state_fd, fsio.subfolder(state_fd, "outbox") as fd:
-            if sub is None:
-                yield fd
-            else:
-                with fsio.subfolder(fd, sub) as sub_fd:
-                    yield sub_fd
+            yield fd
 
     # --- queueing --------------------------------------------------------------------------
 
@@ -145,9 +142,6 @@ class Outbox:
         with fsio.opened_dir_if_present(self.root) as fd:
             return [] if fd is None else _entries(fd)
 
-    def count(self) -> int:
-        return len(self.entries())
-
     def read(self, entry: Entry, limit: int) -> tuple[history.Committed, bytes] | None:
         """The record and the file of ``entry``, the file's SHA-256 checked
         against the record; None (and said) when it cannot be shipped: it is
@@ -199,23 +193,14 @@ class Outbox:
 
     def shipped(self, kind: kinds.Kind, domain: str) -> tuple[int, str] | None:
         """(N, sha256) of the newest generation of ``domain`` the database acknowledged."""
-        path = self.root / SHIPPED / f"{kind.plural}.{naming.domain_stem(domain)}"
-        with fsio.opened_dir_if_present(path.parent) as fd:
-            if fd is None or not fsio.exists(fd, path.name):
-                return None
-            try:
-                number, sha = fsio.read_regular(fd, path.name, 256, path).decode().split()
-                return int(number), sha
-            except (ValueError, UnicodeDecodeError):
-                return None  # a mark is a hint: a bad one only means sending again
+        with fsio.opened_dir_if_present(self.root / SHIPPED) as fd:
+            return None if fd is None else _mark_of(fd, f"{kind.plural}.{naming.domain_stem(domain)}")
 
     def sweep(self) -> None:
         """Temps of dead writers, and links whose record never came of
         generations already shipped (a crash between link and record)."""
-        with self._opened() as fd:
+        with self._opened() as fd, fsio.subfolder(fd, SHIPPED):  # both folders made: the sweeps need them
             names = os.listdir(fd)
-        with self._opened(SHIPPED):  # both folders made: the sweeps need them
-            pass
         for left in fsio.sweep_temps(self.root).left + fsio.sweep_temps(self.root / SHIPPED).left:
             self.warn(left)
         queued = {entry.name for entry in self.entries()}
@@ -231,13 +216,8 @@ class Outbox:
         if match is None:
             return False
         with fsio.opened_dir_if_present(self.root / SHIPPED) as fd:
-            path = self.root / SHIPPED / f"{match['kind']}.{match['stem']}"
-            if fd is None or not fsio.exists(fd, path.name):
-                return False
-            try:
-                return int(fsio.read_regular(fd, path.name, 256, path).split()[0]) >= int(match["number"])
-            except (ValueError, IndexError, errors.FormatError):  # a mark is a hint: when in doubt, keep
-                return False
+            mark = _mark_of(fd, f"{match['kind']}.{match['stem']}") if fd is not None else None
+        return mark is not None and mark[0] >= int(match["number"])
 
 
 def entry_name(kind: kinds.Kind, domain: str, number: int) -> str:
@@ -271,10 +251,22 @@ def _is(fd: int, name: str, identity: list[int]) -> bool:
     return fsio.identity(info) == identity  # device, inode, size, mtime: a reused inode number differs
 
 
+def _mark_of(fd: int, name: str) -> tuple[int, str] | None:
+    """A shipped mark, None when there is none or it does not read: a mark is
+    a hint, and a missing one only means a generation is sent (and skipped) again."""
+    if not fsio.exists(fd, name):
+        return None
+    try:
+        number, sha = fsio.read_regular(fd, name, 256, name).decode().split()
+        return int(number), sha
+    except (errors.FormatError, ValueError, UnicodeDecodeError):
+        return None
+
+
 def _mark(fd: int, committed: history.Committed) -> None:
     """The domain's mark, unless it already names a later generation."""
     name = f"{committed.kind.plural}.{naming.domain_stem(committed.domain)}"
-    with contextlib.suppress(errors.FormatError, ValueError, IndexError):
-        if int(fsio.read_regular(fd, name, 256, name).split()[0]) > committed.number:
-            return
+    mark = _mark_of(fd, name)
+    if mark is not None and mark[0] > committed.number:
+        return
     fsio.write_replacing(fd, name, f"{committed.number} {committed.sha256}\n".encode())

@@ -92,3 +92,22 @@ def test_checkpoint_names_follow_libvirts_schema_pattern() -> None:
         tree = model.Tree(kinds.CHECKPOINT, "vm", [moment(bad)])
         assert [p.code for p in tree.validate()] == [codes.NAME_PATTERN], bad
     assert model.Tree(kinds.SNAPSHOT, "vm", [moment("with space")]).validate() == []
+
+
+def test_an_order_is_reused_only_for_the_same_shape() -> None:
+    """Trees of one shape (names, parents, creation times) share the walk's
+    order; a moved parent or a new creation time is a new shape, walked anew."""
+    def tree(parents: dict[str, str | None], times: dict[str, int]) -> model.Tree:
+        return model.Tree(kinds.SNAPSHOT, "vm1", [moment(n, p, times[n]) for n, p in parents.items()], None)
+
+    chain = {"a": None, "b": "a", "c": "b", "d": "a"}
+    times = {"a": 1, "b": 2, "c": 3, "d": 4}
+    first = tree(chain, times)
+    assert [m.name for m in first.topological()] == ["a", "b", "c", "d"]
+    again = tree(chain, times)  # other Moment objects, the same shape
+    assert [m.name for m in again.topological()] == ["a", "b", "c", "d"]
+    assert again.topological()[2] is again.by_name["c"], "the order is of this tree's own moments"
+    moved = tree({**chain, "c": "d"}, times)
+    assert [m.name for m in moved.topological()] == ["a", "b", "d", "c"]
+    retimed = tree(chain, {**times, "d": 0})
+    assert [m.name for m in retimed.topological()] == ["a", "d", "b", "c"]
