@@ -60,17 +60,7 @@ def read(index_path: Path, of: Identity, domain: str) -> Entry | None:
     """The index when it describes exactly file ``of``; None when it is
     missing, stale or not an index. An I/O error reading it raises (the
     caller says so and rebuilds)."""
-    with fsio.opened_dir_if_present(index_path.parent) as dir_fd:
-        if dir_fd is None:
-            return None
-        try:
-            data: dict[str, Any] = json.loads(fsio.read_regular(dir_fd, index_path.name, 1 << 30, index_path))
-        except errors.FormatError as e:
-            if isinstance(e.__cause__, FileNotFoundError) or e.code != codes.UNREADABLE:
-                return None  # missing, or something else in its place: rebuilt over it
-            raise
-        except ValueError:
-            return None
+    data = read_json(index_path)
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("identity") != of \
             or data.get("domain") != domain:
         return None
@@ -78,6 +68,23 @@ def read(index_path: Path, of: Identity, domain: str) -> Entry | None:
         return _entry(data)
     except (KeyError, IndexError, TypeError):  # not an index of this format after all: rebuilt over it
         return None
+
+
+def read_json(path: Path) -> Any:
+    """A derived JSON file's content: None when it is missing, something
+    else is in its place or it is not JSON (it is then written over). An
+    I/O error raises."""
+    with fsio.opened_dir_if_present(path.parent) as dir_fd:
+        if dir_fd is None:
+            return None
+        try:
+            return json.loads(fsio.read_regular(dir_fd, path.name, 1 << 30, path))
+        except errors.FormatError as e:
+            if isinstance(e.__cause__, FileNotFoundError) or e.code != codes.UNREADABLE:
+                return None
+            raise
+        except ValueError:
+            return None
 
 
 def write(index_path: Path, data: bytes) -> None:

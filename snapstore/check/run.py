@@ -55,7 +55,12 @@ def _leftovers(report: findings.Report, settings: config.Config, state: store.St
     for folder, foreign in folders:
         if not folder.is_dir():
             continue
-        for name in sorted(os.listdir(folder)):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as e:  # the rest of the check says what this folder's trouble costs
+            state.warn(f"{folder}: not searched for temps of dead writers: {fsio.reason(e)}")
+            continue
+        for name in names:
             if fsio.is_stale_temp(name, foreign):
                 report.add(codes.SNAPSTORE_TEMP, "left by a snapstore process that died mid-write",
                            path=folder / name, hint="snapstore check --repair removes it")

@@ -10,11 +10,12 @@ import dataclasses
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from snapstore import codes, config, errors, fsio, kinds, legacydir, limits, model, naming, store
-from snapstore.check import bitmaps, disks, findings, generations, schema
+from snapstore.check import bitmaps, disks, findings, generations, memo, schema
 from snapstore.check.disks import Images  # the field "disks" hides the module in Options
 from snapstore.formats import consolidated, mapping, xmlsafe
 
@@ -28,6 +29,7 @@ class Options:
     definitions: Path | None = Path("/etc/libvirt/qemu")  # <domain>.xml, for the uuid check
     run_dir: Path | None = bitmaps.RUN_DIR  # libvirt's status files: which domains run (the bitmap check)
     images: Images = dataclasses.field(default_factory=Images)  # one qemu-img info per image, both kinds
+    memo: bool = False  # keep what each domain's files gave (check/memo.py); replayed without disks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,31 +100,98 @@ class DomainCheck:
         self.report, self.settings, self.store, self.options = report, settings, state, options
         self.kind, self.domain = kind, domain
         self.flag = " --checkpoints" if kind is kinds.CHECKPOINT else ""
+        self._notes: list[str] = []  # the notes of this domain's files (report.note drops repeats)
 
     def run(self) -> Scan:
+        of, began = self._inputs()
+        replayed = self._replayed(of) if of is not None and not self.options.disks else None
+        if replayed is not None:
+            scan, uuids = Scan(self.kind, self.domain), replayed.uuids  # nothing read: nothing to repair
+        else:
+            scan, uuids = self._read_both(of, began)
+        generations.check_history(self.report, self.store, self.kind, self.domain)
+        self._definition(uuids)
+        if replayed is None and self.options.disks:
+            tree = scan.folder.tree() if scan.folder is not None else scan.stored
+            if tree is not None and tree.moments and self.kind is kinds.SNAPSHOT:
+                disks.check_images(self.report, self.domain, tree, self.options.images)
+            if tree is not None and self.kind is kinds.CHECKPOINT:
+                bitmaps.check_bitmaps(self.report, self.domain, tree, scan.stored, self.options.images,
+                                      self.options.run_dir, self.options.definitions)
+        return scan
+
+    def _read_both(self, of: memo.Inputs | None, began: int) -> tuple[Scan, list[memo.Uuids]]:
+        """Read and check libvirt's folder and the store file, each file in
+        full; what they gave is kept as the memo of ``of``."""
+        first, self._notes = len(self.report.findings), []
         scan = Scan(self.kind, self.domain, self._folder())
         self._stored(scan)
         self._compare(scan)
-        self._count(scan)
-        generations.check_history(self.report, self.store, self.kind, self.domain)
+        counted, moments = self._count(scan)
         tree = scan.folder.tree() if scan.folder is not None else scan.stored
-        if tree is not None and tree.moments:
-            self._definition(tree)
-            if self.options.disks and self.kind is kinds.SNAPSHOT:
-                disks.check_images(self.report, self.domain, tree, self.options.images)
-        if tree is not None and self.options.disks and self.kind is kinds.CHECKPOINT:
-            bitmaps.check_bitmaps(self.report, self.domain, tree, scan.stored, self.options.images,
-                                  self.options.run_dir, self.options.definitions)
-        return scan
+        uuids = [(m.name, m.source, list(m.uuids)) for m in tree.moments if m.uuids] if tree is not None else []
+        if of is not None and memo.settled(of, began):
+            found = [[f.code, f.message, f.moment, f.path, f.hint] for f in self.report.findings[first:]]
+            kept = memo.Memo(found, self._notes, counted, moments, uuids)
+            self._keep(of, kept)
+        return scan, uuids
 
-    def _count(self, scan: Scan) -> None:
+    def _inputs(self) -> tuple[memo.Inputs | None, int]:
+        if not self.options.memo or not self.store.index_path(self.kind, self.domain).parent.is_dir():
+            return None, 0  # no store: nowhere to keep a memo
+        began = time.time_ns()
+        limits_ = [self.settings.max_legacy_bytes, self.settings.max_store_bytes, self.store.read_limit]
+        try:
+            return memo.inputs(self.settings.root(self.kind) / self.domain, self.store.path(self.kind, self.domain),
+                               self.options.schema_dir, limits_), began
+        except OSError:  # no memo of what cannot be stat-ed: the files are read, and their trouble reported
+            return None, 0
+
+    def _replayed(self, of: memo.Inputs) -> memo.Memo | None:
+        """The memo of exactly these inputs, its findings and counts added."""
+        path = self._memo_path()
+        try:
+            found = memo.read(path, of)
+        except errors.SnapstoreError as e:
+            self.store.warn(f"check memo not read, every file is read instead: {e}")
+            return None
+        if found is None:
+            return None
+        for code, message, moment, where, hint in found.findings:
+            self.add(code, message, moment, where, hint)
+        for note in found.notes:
+            self.report.note(note)
+        self._counted(found.counted, found.moments)
+        return found
+
+    def _keep(self, of: memo.Inputs, kept: memo.Memo) -> None:
+        try:
+            memo.write(self._memo_path(), of, kept)
+        except errors.SnapstoreError as e:  # the check itself stands
+            self.store.warn(f"check memo not kept: {e}")
+
+    def _memo_path(self) -> Path:
+        index_path = self.store.index_path(self.kind, self.domain)
+        return index_path.with_name("check." + index_path.name)
+
+    def _count(self, scan: Scan) -> tuple[bool, int]:
         """A domain counts when it has moment files or a store file; its moments
         are the folder's moment files, parsed or not (one snapstore refuses may
         still be a snapshot libvirt holds), else the store's."""
         files = _moment_files(scan.folder) if scan.folder is not None else 0
-        if files or scan.stored is not None or scan.store_unreadable:
+        counted = bool(files or scan.stored is not None or scan.store_unreadable)
+        moments = files or (len(scan.stored) if scan.stored is not None else 0)
+        self._counted(counted, moments)
+        return counted, moments
+
+    def _note(self, text: str) -> None:
+        self._notes.append(text)
+        self.report.note(text)
+
+    def _counted(self, counted: bool, moments: int) -> None:
+        if counted:
             self.report.domains.add(self.domain)
-            self.report.counts[self.kind.plural] += files or (len(scan.stored) if scan.stored is not None else 0)
+            self.report.counts[self.kind.plural] += moments
 
     def add(self, code: str, message: str, moment: str | None = None, path: Path | str | None = None,
             hint: str | None = None) -> None:
@@ -218,8 +287,8 @@ class DomainCheck:
         folder read parsed it (header comment included), so each line named
         is a line of the bytes read, and nothing is parsed twice."""
         if invalid is None:
-            self.report.note(f"libvirt's schemas are not installed in {self.options.schema_dir}; "
-                             "schema validation skipped")
+            self._note(f"libvirt's schemas are not installed in {self.options.schema_dir}; "
+                       "schema validation skipped")
             return
         for name, entry in folder.entries.items():
             problem = invalid.get(name)
@@ -317,17 +386,16 @@ class DomainCheck:
 
     # --- the domain definition ---------------------------------------------------------
 
-    def _definition(self, tree: model.Tree) -> None:
-        uuid = _definition_uuid(self.options.definitions, self.domain)
+    def _definition(self, uuids: list[memo.Uuids]) -> None:
+        uuid = _definition_uuid(self.options.definitions, self.domain) if uuids else None
         if uuid is None:
             return
-        for moment in tree.moments:
-            for found in moment.uuids:
-                if found != uuid:
-                    self.add(codes.UUID_VS_DEFINITION, f"{self.kind.name} {moment.name!r} embeds uuid {found}, "
-                             f"the domain is {uuid}", moment.name, moment.source,
-                             "this metadata belongs to another domain; restore --rewrite-uuid if intended")
-                    break
+        for name, source, found in uuids:
+            other = next((u for u in found if u != uuid), None)
+            if other is not None:
+                self.add(codes.UUID_VS_DEFINITION, f"{self.kind.name} {name!r} embeds uuid {other}, "
+                         f"the domain is {uuid}", name, source,
+                         "this metadata belongs to another domain; restore --rewrite-uuid if intended")
 
 
 def _definition_uuid(folder: Path | None, domain: str) -> str | None:

@@ -42,7 +42,7 @@ def run_command(args: argparse.Namespace, context: common.Context) -> int:
     if args.metrics is not None and not args.metrics.parent.is_dir():  # known before the scan, not after it
         raise errors.EnvironmentProblem(path=args.metrics.parent, reason="no such folder (--metrics)")
     options = scan.Options(disks=not args.no_disks, schema_dir=args.schemas, definitions=args.definitions,
-                           run_dir=args.run_dir)
+                           run_dir=args.run_dir, memo=not args.repair)
     state = context.store()
     if args.repair and not args.dry_run:
         state.prepare(sweep=False)

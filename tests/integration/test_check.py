@@ -41,8 +41,8 @@ from lxml import etree
 from support import cli as support_cli
 from support.cli import Result
 
-from snapstore import cli, codes, fsio, naming
-from snapstore.check import disks
+from snapstore import cli, codes, fsio, legacydir, naming
+from snapstore.check import disks, memo
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".venv" / "bin" / "snapstore"
@@ -552,6 +552,138 @@ def test_one_damage_yields_its_own_code(damage: Case, request: pytest.FixtureReq
     damage.damage(env)
     assert_findings(check(capsys, env, "--json"), damage)
     RAN.add(damage.id)
+
+
+MEMO_CASES = [c for c in CASES if not c.own_lab]
+SETTLE = 0.12  # seconds: over the RECENT_NS the memo tests set, so a file written before counts as settled
+
+
+@pytest.fixture
+def memo_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """check/memo.py trusting files changed over 50 ms ago (2 s by default, too
+    long for a test); returns the domains each check read in full (a spy on
+    the real folder read, which a replay never calls)."""
+    monkeypatch.setattr(memo, "RECENT_NS", 50_000_000)
+    read: list[str] = []
+    real = legacydir.read_settled
+
+    def spied(root: Path, kind: Any, domain: str, *args: Any, **kwargs: Any) -> legacydir.LegacyFolder:
+        read.append(domain)
+        return real(root, kind, domain, *args, **kwargs)
+
+    monkeypatch.setattr(legacydir, "read_settled", spied)
+    return read
+
+
+def memo_files(env: Env) -> list[Path]:
+    return sorted((env.state / "index").glob("check.*.json"))
+
+
+def replayable(capsys: pytest.CaptureFixture[str], env: Env, read: list[str]) -> Result:
+    """check --no-disks once files are settled, then again: the second run
+    reads no folder (a replay) and reports exactly what the first found."""
+    time.sleep(SETTLE)
+    full = check(capsys, env, "--no-disks", "--json")
+    read.clear()
+    replayed = check(capsys, env, "--no-disks", "--json")
+    assert read == [], f"a check of unchanged files read {read} again instead of replaying its memo"
+    assert (replayed.code, replayed.data, replayed.err) == (full.code, full.data, full.err), \
+        f"the replay differs from the check it replays:\n{full}\n--- replayed:\n{replayed}"
+    return full
+
+
+@pytest.mark.parametrize("damage", MEMO_CASES, ids=lambda c: c.id)
+def test_a_memo_is_never_replayed_over_a_damage(damage: Case, env: Env, capsys: pytest.CaptureFixture[str],
+                                                 memo_on: list[str]) -> None:
+    """Each damage of the table made after a check kept its memo is found
+    exactly as a check without any memo finds it, and the memo the damaged
+    check keeps replays the same report (check/memo.py)."""
+    assert replayable(capsys, env, memo_on).code == 0 and memo_files(env), "the clean check kept no memo"
+    damage.damage(env)
+    found = check(capsys, env, "--no-disks", "--json")
+    for path in memo_files(env):
+        path.unlink()
+    fresh = check(capsys, env, "--no-disks", "--json")
+    assert (found.code, found.data) == (fresh.code, fresh.data), \
+        f"a memo of the undamaged files was replayed:\n{found}\n--- without memo:\n{fresh}"
+    assert damage.own in found.codes, found
+    replayable(capsys, env, memo_on)
+
+
+def test_an_edit_keeping_size_and_mtime_is_not_replayed(env: Env, capsys: pytest.CaptureFixture[str],
+                                                        memo_on: list[str]) -> None:
+    """A file rewritten in place, same size, its mtime set back: only its
+    ctime tells, and the memo compares it."""
+    replayable(capsys, env, memo_on)
+    path, info = env.file("s3"), env.file("s3").stat()
+    data = path.read_bytes()
+    with open(path, "r+b") as handle:
+        handle.write(data.replace(b"<state>shutoff</state>", b"<state>running</state>", 1))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns) == \
+        (info.st_ino, info.st_size, info.st_mtime_ns)
+    found = check(capsys, env, "--no-disks", "--json")
+    assert found.codes == {codes.CONTENT_DIFFERS} and DOMAIN in memo_on, found
+
+
+def test_a_memo_keeps_the_uuids_not_the_definition(env: Env, capsys: pytest.CaptureFixture[str],
+                                                   memo_on: list[str]) -> None:
+    """The domain's definition is read at every check: a definition that now
+    holds another uuid is found over a replayed memo."""
+    replayable(capsys, env, memo_on)
+    definition = env.definitions / f"{DOMAIN}.xml"
+    root = etree.fromstring(definition.read_bytes())
+    root.find("uuid").text = FOREIGN_UUID
+    definition.write_bytes(etree.tostring(root))
+    memo_on.clear()
+    found = check(capsys, env, "--no-disks", "--json")
+    assert memo_on == [] and found.codes == {codes.UUID_VS_DEFINITION}, found
+    assert {f["moment"] for f in found.data["findings"]} == set(NAMES), found
+
+
+def plant(path: Path) -> None:
+    """A finding no file gives, in a memo whose inputs still match."""
+    data = json.loads(path.read_bytes())
+    data["findings"].append([codes.FOREIGN_FILE, "planted in the memo", None, "planted", None])
+    path.write_text(json.dumps(data))
+
+
+def test_a_memo_is_replayed_only_without_disks_and_repair(env: Env, capsys: pytest.CaptureFixture[str],
+                                                          memo_on: list[str]) -> None:
+    """The disk check reads every moment, and a repair acts on what was
+    read: both read the files whatever the memo says."""
+    replayable(capsys, env, memo_on)
+    for path in memo_files(env):
+        plant(path)
+    replayed = check(capsys, env, "--no-disks", "--json")
+    assert [f["path"] for f in replayed.data["findings"]] == ["planted"] * 2, replayed  # vm1 and "vm 2é"
+    with_disks = check(capsys, env, "--json")
+    assert with_disks.code == 0 and with_disks.data["findings"] == [], with_disks
+    for path in memo_files(env):
+        plant(path)
+    repaired = check(capsys, env, "--repair", "--no-disks", "--json")
+    assert repaired.code == 0 and repaired.data["findings"] == [], repaired
+
+
+def test_no_memo_of_files_changed_in_the_last_two_seconds(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """A check may overlap a change made within one tick of the clock that
+    stamps ctimes: no memo is kept while a file is that recent."""
+    assert memo.RECENT_NS == 2_000_000_000
+    assert check(capsys, env, "--no-disks", "--json").code == 0
+    assert memo_files(env) == []
+
+
+def test_a_memo_that_cannot_be_kept_is_a_warning(env: Env, capsys: pytest.CaptureFixture[str],
+                                                 memo_on: list[str]) -> None:
+    """Something else where the memo goes: it is not read, the write over it
+    fails, and the check still reports what it found, with one warning line
+    per domain naming the memo."""
+    (env.state / "index" / f"check.snapshots.{DOMAIN}.json").mkdir()
+    time.sleep(SETTLE)
+    found = check(capsys, env, "--no-disks", "--json")
+    assert found.code == 0 and found.data["findings"] == [], found
+    assert len(found.lines) == 1 and found.warnings == found.lines and "check memo not kept" in found.err \
+        and f"check.snapshots.{DOMAIN}.json" in found.err, found
 
 
 # --------------------------------------------------------------------------- cases outside the table

@@ -16,6 +16,7 @@ fsynced, renamed over the target, folder fsynced.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -217,6 +218,43 @@ def test_each_outbox_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
     assert {site.name for site in targets} >= {"mkdirat", "linkat", "openat", "write", "fsync"} and any(
         site.name.startswith("rename") for site in targets) and any(site.on_folder for site in targets), targets
     fault_side_path(tmp_path, template, targets, "outbox", "fleet", outbox_problems, config)
+
+
+def test_each_check_memo_call_fails_in_turn_and_is_said(tmp_path: Path) -> None:
+    """The memo `check` keeps of each domain (check/memo.py) is derived: a
+    fault on any call on its folder (the memo written, the listing index
+    read, the folder searched for temps) leaves the report as it is (exit 0,
+    no findings) with one warning line naming the folder, and no temp. The
+    files must be settled (over 2 s old) for a memo to be written at all,
+    so one sandbox serves every run, its memo removed before each."""
+    sandbox = Sandbox(tmp_path / "run")
+    SCENARIOS["consolidate"].setup(sandbox)
+    assert campaign.run_script(sandbox.argv("consolidate", "vm1")).code == 0
+    memo_file = sandbox.state / "index" / "check.snapshots.vm1.json"
+    argv = sandbox.argv("check", "vm1", "--no-disks", "--json")
+    time.sleep(2.1)
+    result, calls = straced.trace(argv, tmp_path / "trace.log")
+    assert result.code == 0 and json.loads(memo_file.read_bytes())["findings"] == [], result
+    targets = [site for site in straced.sites(calls, sandbox.state / "index")
+               if "O_RDONLY" not in site.call.args or "O_DIRECTORY" in site.call.args]
+    campaign.NOTES["fault sites (check memo)"] = ", ".join(site.label for site in targets)
+    assert {site.name for site in targets} >= {"openat", "write"} and any(
+        site.name.startswith("rename") for site in targets), targets
+
+    def one(site: straced.Site, errno: str) -> None:
+        memo_file.unlink(missing_ok=True)
+        result, hit = straced.inject(argv, tmp_path / "inject.log", site, error=errno)
+        if hit is None or not hit.touches(sandbox.state / "index"):
+            raise RuntimeError(f"{site.label} {errno}: the injection hit {hit}: the run is not deterministic")
+        what = f"check memo {site.label} ({site.call}) failing with {errno}"
+        assert result.code == 0 and json.loads(result.out)["findings"] == [], f"{what}: the report\n{result}"
+        assert len(result.lines) == 1 and result.lines[0].startswith(f"{campaign.PREFIX}warning: ") \
+            and str(memo_file.parent) in result.err, f"{what}: not said in one warning line\n{result}"
+        assert campaign.temps_under(sandbox.state) == [], f"{what}: temps left"
+
+    runs = [(site, straced.ERRNOS[i % len(straced.ERRNOS)]) for i, site in enumerate(targets)]
+    straced.run_plan(straced.plan(targets, True) if campaign.FULL else runs, one,
+                     "faults injected (strace, check memo)")
 
 
 def test_commit_order_is_fsync_rename_folder_fsync(sandbox: Sandbox, tmp_path: Path) -> None:
