@@ -243,25 +243,61 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = Tru
     (``durable=False`` skips both fsyncs: for derived data checked before use).
     ``before_rename`` is called with the folder's fd once the new data is
     durable and the old file still in place (the history links it there)."""
-    with opened_dir(path.parent) as dir_fd:
-        temp = temp_name()
+    Staged(path, data, mode, durable).publish(before_rename)
+
+
+class Staged:
+    """New bytes for ``path``, written (and fsynced, unless not ``durable``)
+    under a temp name in its folder, not yet in place: ``publish`` renames
+    them over ``path``, ``discard`` removes them. atomic_write is both steps
+    at once; the daemon writes ahead during the end of a quiet period and
+    publishes at its end. Until either is called the folder stays open and
+    the temp exists (a crash leaves it to the sweep of dead writers' temps)."""
+
+    def __init__(self, path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+        self.path, self.durable = path, durable
+        self._folder = contextlib.ExitStack()
+        self.dir_fd = self._folder.enter_context(opened_dir(path.parent))
+        self.temp = temp_name()
         try:
-            write_new(dir_fd, temp, data, mode, durable)
+            write_new(self.dir_fd, self.temp, data, mode, durable)
         except OSError as e:
+            self._folder.close()
             raise errors.WriteError(path=path, reason=reason(e)) from e
-        if before_rename is not None:
-            before_rename(dir_fd)
-        # Held open across the rename: the kernel then frees the old file's
-        # blocks when it is closed, after the commit, not inside the rename
-        # (where a large file's freeing would add to the commit's latency).
-        with _held_open(dir_fd, path.name):
+        except BaseException:
+            self._folder.close()
+            raise
+
+    def publish(self, before_rename: Callable[[int], None] | None = None) -> None:
+        with self._folder:
             try:
-                os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                if before_rename is not None:
+                    before_rename(self.dir_fd)
+            except BaseException:
+                _unlink_quietly(self.dir_fd, self.temp)
+                raise
+            # Held open across the rename: the kernel then frees the old file's
+            # blocks when it is closed, after the commit, not inside the rename
+            # (where a large file's freeing would add to the commit's latency).
+            with _held_open(self.dir_fd, self.path.name):
+                try:
+                    os.rename(self.temp, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                except OSError as e:
+                    _unlink_quietly(self.dir_fd, self.temp)
+                    raise errors.WriteError(path=self.path, reason=reason(e)) from e
+                if self.durable:
+                    fsync_dir(self.dir_fd, self.path)
+
+    def discard(self) -> None:
+        """Remove the temp (WriteError when it cannot be: the sweep of dead
+        writers' temps removes it once this process is gone)."""
+        with self._folder:
+            try:
+                os.unlink(self.temp, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
             except OSError as e:
-                _unlink_quietly(dir_fd, temp)
-                raise errors.WriteError(path=path, reason=reason(e)) from e
-            if durable:
-                fsync_dir(dir_fd, path)
+                raise errors.WriteError(path=self.path.parent / self.temp, reason=f"not removed: {reason(e)}") from e
 
 
 @contextlib.contextmanager

@@ -86,9 +86,12 @@ def read_consistent(settings: config.Config, kind: kinds.Kind, domain: str, poli
 
 
 def commit(state: store.Store, folder: legacydir.LegacyFolder, policy: Policy = Policy()) -> bool:
-    """Commit a consistent folder's tree; True when the store file changed.
-    The folder's identities are recorded only when it drew no remark, so the
-    unchanged shortcut never hides a warning."""
-    sources = None if folder.notes or policy.dry_run else folder.sources
+    """Commit a consistent folder's tree; True when the store file changed."""
     return state.replace(folder.tree(), allow_empty=policy.allow_empty, dry_run=policy.dry_run,
-                         sources=sources, origin=policy.origin, by=policy.by)
+                         sources=recorded_sources(folder, policy), origin=policy.origin, by=policy.by)
+
+
+def recorded_sources(folder: legacydir.LegacyFolder, policy: Policy) -> legacydir.Sources | None:
+    """What the index records as the folder's files: nothing when the read
+    drew a remark, so that the unchanged shortcut never hides a warning."""
+    return None if folder.notes or policy.dry_run else folder.sources

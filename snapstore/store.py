@@ -43,6 +43,19 @@ class Origin(typing.NamedTuple):
     recovery: str  # how to bring the moments back
 
 
+class StagedCommit(typing.NamedTuple):
+    """A commit written ahead by Store.stage: publish or discard it."""
+
+    tree: model.Tree
+    data: bytes
+    sources: index.Sources | None
+    by: str
+    file: fsio.Staged
+
+    def discard(self) -> None:
+        self.file.discard()
+
+
 UNDO = "undo"  # the start of what an undo's commit says replaced the file
 PULL = "fleet pull"  # the start of what a fleet pull's commit says
 _BRINGS_BACK = (UNDO, PULL)  # commits that may replace a guarded file (see _respect_undo)
@@ -186,21 +199,46 @@ class Store:
         index (see unchanged()). The file replaced becomes a generation of
         the history, recorded as replaced ``by`` this command or event.
         """
-        from snapstore.formats import consolidated
-
-        _raise_problems(tree)
-        data = consolidated.format_consolidated(tree)
-        self._refuse_unreadable(tree, data)
+        data = self._formatted(tree)
         if dry_run:  # no lock: a dry run must work before the state folder exists
             return self._needs_write(tree, data, allow_empty, origin)
         with self.lock(tree.kind, tree.domain):
-            self._respect_undo(tree, by)
-            if not self._needs_write(tree, data, allow_empty, origin):
+            if not self._writes(tree, data, by, allow_empty, origin):
                 if sources is not None:
                     self._write_index(tree, sources)
                 return False
             self._commit(tree, data, sources, by)
         return True
+
+    def stage(self, tree: model.Tree, sources: index.Sources | None, by: str) -> StagedCommit | None:
+        """The commit replace() would make, written ahead (durable, under a
+        temp name) and not yet published; None when the file holds the tree
+        already. The caller holds the domain's lock from its read of the
+        folder until it publishes or discards the commit, so nothing else
+        can commit in between; an emptying is never staged."""
+        data = self._formatted(tree)
+        with self.lock(tree.kind, tree.domain):
+            if not self._writes(tree, data, by, False, None):
+                return None
+            return StagedCommit(tree, data, sources, by, self._staged_file(tree, data))
+
+    def publish(self, commit: StagedCommit) -> None:
+        """Make a staged commit live, exactly as replace() would have."""
+        with self.lock(commit.tree.kind, commit.tree.domain):
+            self._commit(commit.tree, commit.data, commit.sources, commit.by, commit.file)
+
+    def _formatted(self, tree: model.Tree) -> bytes:
+        from snapstore.formats import consolidated
+
+        _raise_problems(tree)
+        data = consolidated.format_consolidated(tree)
+        self._refuse_unreadable(tree, data)
+        return data
+
+    def _writes(self, tree: model.Tree, data: bytes, by: str, allow_empty: bool, origin: Origin | None) -> bool:
+        """Under the lock: whether committing ``data`` is due and allowed."""
+        self._respect_undo(tree, by)
+        return self._needs_write(tree, data, allow_empty, origin)
 
     def undo(self, kind: kinds.Kind, domain: str, number: int, dry_run: bool = False) -> model.Tree:
         """Make generation ``number`` the live file again, through the same
@@ -247,7 +285,18 @@ class Store:
         flag = " --checkpoints" if tree.kind is kinds.CHECKPOINT else ""
         raise errors.Guarded(domain=tree.domain, plural=tree.kind.plural, by=brought_by, missing=missing, flag=flag)
 
-    def _commit(self, tree: model.Tree, data: bytes, sources: index.Sources | None, by: str) -> None:
+    def _staged_file(self, tree: model.Tree, data: bytes) -> fsio.Staged:
+        try:
+            return fsio.Staged(self.path(tree.kind, tree.domain), data)
+        except errors.WriteError as e:
+            # A disk filled by history older than its (maybe lowered) limits:
+            # prune by the limits, then try once more; the live file is never touched.
+            if not _out_of_space(e) or not self.history.prune(tree.kind, tree.domain):
+                raise
+            return fsio.Staged(self.path(tree.kind, tree.domain), data)
+
+    def _commit(self, tree: model.Tree, data: bytes, sources: index.Sources | None, by: str,
+                staged: fsio.Staged | None = None) -> None:
         path = self.path(tree.kind, tree.domain)
         keeping = self.history.limits.keep > 0
         # Only a stat before the rename: what the old file held is read after
@@ -259,15 +308,7 @@ class Store:
             pending = self.history.keep(dir_fd, path.name, tree.kind, tree.domain) if keeping else None
             kept.extend([pending] if pending is not None else [])
 
-        try:
-            fsio.atomic_write(path, data, before_rename=link_old)
-        except errors.WriteError as e:
-            # A disk filled by history older than its (maybe lowered) limits:
-            # prune by the limits, then try once more; the live file is never touched.
-            if not _out_of_space(e) or not self.history.prune(tree.kind, tree.domain):
-                raise
-            kept.clear()
-            fsio.atomic_write(path, data, before_rename=link_old)
+        (staged or self._staged_file(tree, data)).publish(before_rename=link_old)
         before = self._replaced(tree.kind, tree.domain, replaced, kept[0]) if kept and replaced else None
         after = _snapshot(tree, data) if keeping or self.on_commit else None
         self._write_index(tree, sources, after)  # under the lock: no other commit can slip in

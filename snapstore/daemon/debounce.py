@@ -27,6 +27,10 @@ class Debouncer(Generic[K]):
             del self._due[key]
         return sorted(due, key=str)
 
+    def items(self) -> list[tuple[K, float]]:
+        """Every key waiting, with when it is due."""
+        return list(self._due.items())
+
     def next_due(self) -> float | None:
         return min(self._due.values(), default=None)
 

@@ -20,6 +20,7 @@ _WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked o
 # this much (EXTEND_TIMEOUT_USEC): a large host's first reconcile may take
 # minutes, a stuck one is still caught.
 _START_EXTENSION = 60.0
+_MIN_LEAD = 0.01  # seconds: the least a write-ahead starts before its deadline
 
 
 class Service:
@@ -48,6 +49,8 @@ class Service:
             state.on_commit = self.replication.committed
         self.sync = sync.Synchronizer(self.settings, state, self.clock)
         self.debouncer: debounce.Debouncer[sync.Key] = debounce.Debouncer(self.settings.quiet_period)
+        self._staged: dict[sync.Key, sync.Staged | None] = {}  # written ahead (None: tried, synced at the deadline)
+        self._stage_cost: dict[sync.Key, float] = {}  # seconds the key's last write-ahead took
         roots = {kind: self.sync.root(kind) for kind in kinds.ALL}
         self.watcher = watcher.Watcher(roots, self.queue)
 
@@ -68,16 +71,20 @@ class Service:
                 self.reconcile()
                 next_reconcile = now + self.settings.reconcile_interval
             # No watchdog: no ping deadline (_next_ping is infinite; a past one would make the loop spin).
-            deadline = min(d for d in (self.debouncer.next_due(), next_reconcile, self._next_ping,
-                                       self.metrics.next_due(), now + _WAKE_AT_LEAST) if d is not None)
+            deadline = min(d for d in (self._next_stage(), self.debouncer.next_due(), next_reconcile,
+                                       self._next_ping, self.metrics.next_due(), now + _WAKE_AT_LEAST)
+                           if d is not None)
             if not self._handle(self._wait(deadline - now)):
                 break
+            if self._stage_due():
+                continue  # what came while writing ahead is handled before anything is published
             self._sync_due()
             self._check_watcher()
             self.metrics.fleet(self.replication.gauges() if self.replication is not None else None)
             self.metrics.publish(self.sync.domains, self.clock())  # after the commits due: never before one
             self.notifier.status(self.status())
         self.notifier.stopping()
+        self._discard_staged()
         self.watcher.stop()
         self._stop_replication()
         self.metrics.close()
@@ -116,6 +123,7 @@ class Service:
         for item in items:
             if isinstance(item, messages.Changed):
                 self.debouncer.touch((item.kind, item.domain), now)
+                self._drop_staged((item.kind, item.domain))
                 if item.name is not None:
                     self.sync.forget((item.kind, item.domain), item.name)
             elif isinstance(item, messages.Reload):
@@ -132,7 +140,49 @@ class Service:
     def _sync_due(self) -> None:
         for key in self.debouncer.pop_due(self.clock()):
             self._keep_alive()
-            self._sync_one(key)
+            staged = self._staged.pop(key, None)
+            if staged is not None:
+                self._record(key, self.sync.publish(staged))
+            else:
+                self._sync_one(key)
+
+    # Writing ahead: in the last part of a domain's quiet period its folder is
+    # read and its commit written (durable, under a temp name, the domain's
+    # lock held); at the period's end the commit is published (the history's
+    # link, the rename, the folder fsync) unless an event came meanwhile,
+    # which discards it. What is committed is what a read at the deadline
+    # would have found: no change came after the read began. The part is
+    # twice what the domain's last write-ahead took (at least _MIN_LEAD, at
+    # most half the quiet period; a quarter before the first).
+
+    def _lead(self, key: sync.Key) -> float:
+        quiet = self.settings.quiet_period
+        cost = self._stage_cost.get(key)
+        return quiet / 4 if cost is None else min(quiet / 2, max(_MIN_LEAD, 2 * cost))
+
+    def _next_stage(self) -> float | None:
+        return min((due - self._lead(key) for key, due in self.debouncer.items() if key not in self._staged),
+                   default=None)
+
+    def _stage_due(self) -> bool:
+        """Write ahead every domain whose deadline is within its lead; True when any was."""
+        now = self.clock()
+        ready = [key for key, due in self.debouncer.items() if key not in self._staged and due - self._lead(key) <= now]
+        for key in ready:
+            self._keep_alive()
+            began = time.perf_counter()
+            self._staged[key] = self.sync.stage(key)  # None: not plain, synced at the deadline
+            self._stage_cost[key] = time.perf_counter() - began
+        return bool(ready)
+
+    def _drop_staged(self, key: sync.Key) -> None:
+        staged = self._staged.pop(key, None)
+        if staged is not None:
+            self.sync.discard(staged)
+
+    def _discard_staged(self) -> None:
+        for key in list(self._staged):
+            self._drop_staged(key)
 
     def _keep_alive(self) -> None:
         """WATCHDOG=1 when due, and while starting an extension of the start
@@ -156,7 +206,9 @@ class Service:
 
     def _sync_one(self, key: sync.Key, at_start: bool = False) -> None:
         """Sync a domain; an unsettled or failed one is retried through the debouncer."""
-        outcome = self.sync.sync(key, at_start)
+        self._record(key, self.sync.sync(key, at_start))
+
+    def _record(self, key: sync.Key, outcome: sync.Outcome) -> None:
         self.metrics.record(key, outcome)
         delay = self.sync.retry_after(key, outcome)
         if delay is not None:
@@ -164,6 +216,7 @@ class Service:
 
     def reconcile(self, at_start: bool = False) -> None:
         """Every domain, now."""
+        self._discard_staged()  # each is read again, and committed, now
         try:
             keys = self.sync.all_keys()
         except (OSError, errors.SnapstoreError) as e:
@@ -185,6 +238,7 @@ class Service:
 
     def _reload(self) -> None:
         self.notifier.reloading()
+        self._discard_staged()
         try:
             self.settings = self.reload_settings()
         except errors.SnapstoreError as e:

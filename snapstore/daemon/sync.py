@@ -7,6 +7,7 @@ degraded: the last good file stays and the reasons are logged once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -54,6 +55,16 @@ class DomainState:
 
 
 Key = tuple[kinds.Kind, str]
+
+
+@dataclasses.dataclass
+class Staged:
+    """A commit written ahead of its deadline (Synchronizer.stage)."""
+
+    key: Key
+    folder: legacydir.LegacyFolder
+    commit: store.StagedCommit
+    lock: contextlib.ExitStack  # holds the domain's lock
 
 
 class Synchronizer:
@@ -104,12 +115,16 @@ class Synchronizer:
             with self.store.lock(kind, domain):  # from reading the folder to the commit
                 outcome = self._sync(key, state, at_start)
         except (errors.SnapstoreError, OSError) as e:
-            state.failures += 1
-            log.error("%s %s: %s (retrying)", kind.name, domain, e, extra=logs.fields(logs.FAILED, domain))
-            self._restore_layout()
-            return Outcome.FAILED
+            return self._failed(key, state, e)
         state.failures = 0
         return outcome
+
+    def _failed(self, key: Key, state: DomainState, error: Exception) -> Outcome:
+        kind, domain = key
+        state.failures += 1
+        log.error("%s %s: %s (retrying)", kind.name, domain, error, extra=logs.fields(logs.FAILED, domain))
+        self._restore_layout()
+        return Outcome.FAILED
 
     def _skip(self, key: Key, state: DomainState, problem: str) -> Outcome:
         kind, domain = key
@@ -161,6 +176,11 @@ class Synchronizer:
                 log.warning("%s %s: %s", kind.name, domain, e.reason, extra=logs.fields(logs.GUARDED, domain))
             state.undone = e.by
             return Outcome.GUARDED
+        return self._committed(key, state, folder, changed)
+
+    def _committed(self, key: Key, state: DomainState, folder: legacydir.LegacyFolder, changed: bool) -> Outcome:
+        kind, domain = key
+        tree = folder.tree()
         state.guarded, state.undone = False, None
         state.folder, state.uuid = folder.identity, tree.uuid() or state.uuid
         self._settled(key, state)
@@ -170,6 +190,59 @@ class Synchronizer:
                      tree.current, extra=logs.fields(logs.COMMITTED, domain, tree.current))
             return Outcome.COMMITTED
         return Outcome.UNCHANGED
+
+    # --- writing ahead: the end of a quiet period -------------------------------------
+
+    def stage(self, key: Key) -> Staged | None:
+        """The commit of a plain change, read, checked and written (durable)
+        ahead of its deadline, the domain's lock held until it is published or
+        discarded; None when anything is not plain (a first sync, a guard, an
+        undo, a degraded or failing domain, a re-created folder, an emptied
+        one, an unsettled read, a tree the store holds already): the sync
+        then runs at the deadline, as ever, and says what it finds."""
+        kind, domain = key
+        state = self.domains.get(key)
+        if state is None or state.folder is None or state.guarded or state.undone is not None \
+                or state.degraded is not None or state.unsettled_since is not None or state.failures:
+            return None
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(self.store.lock(kind, domain))
+            folder = ops.read_consistent(self.settings, kind, domain, _GATE, state.cache)
+            tree = folder.tree()
+            commit = None
+            if tree.moments and not self._replaces_another(key, state, folder, tree):
+                commit = self.store.stage(tree, ops.recorded_sources(folder, _GATE), _GATE.by)
+        except (errors.TreeError, errors.Refused, errors.LockTimeout, errors.UnknownDomain) as e:
+            log.debug("%s %s: not written ahead: %s", kind.name, domain, e)  # the sync at the deadline says it
+            commit = None
+        except (errors.SnapstoreError, OSError) as e:  # a disk's fault: said now, the deadline's sync tries again
+            log.warning("%s %s: not written ahead, synced at the deadline instead: %s", kind.name, domain, e,
+                        extra=logs.fields(logs.FAILED, domain))
+            commit = None
+        if commit is None:
+            lock.close()
+            return None
+        return Staged(key, folder, commit, lock)
+
+    def publish(self, staged: Staged) -> Outcome:
+        """Make a staged commit live (the domain's lock released after)."""
+        state = self.domains[staged.key]
+        try:
+            with staged.lock:
+                self.store.publish(staged.commit)
+        except (errors.SnapstoreError, OSError) as e:
+            return self._failed(staged.key, state, e)
+        return self._committed(staged.key, state, staged.folder, True)
+
+    def discard(self, staged: Staged) -> None:
+        """Drop a staged commit: its folder changed before the deadline."""
+        kind, domain = staged.key
+        with staged.lock:
+            try:
+                staged.commit.discard()
+            except errors.SnapstoreError as e:
+                log.warning("%s %s: %s", kind.name, domain, e, extra=logs.fields(logs.FAILED, domain))
 
     def _replaces_another(self, key: Key, state: DomainState, folder: legacydir.LegacyFolder,
                           tree: model.Tree) -> bool:

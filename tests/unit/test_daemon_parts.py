@@ -1,4 +1,4 @@
-"""The daemon's pure parts: debounce (clock passed in), notify, logs, event mapping."""
+"""The daemon's parts: debounce (clock passed in), notify, logs, event mapping, the loop's write-ahead."""
 from __future__ import annotations
 
 import os
@@ -6,10 +6,11 @@ import queue
 import socket
 from pathlib import Path
 
+import samples
 from watchdog import events
 
-from snapstore import kinds
-from snapstore.daemon import debounce, logs, messages, notify, watcher
+from snapstore import config, fsio, kinds, store
+from snapstore.daemon import debounce, logs, messages, notify, service, watcher
 
 
 def test_a_key_is_due_after_a_quiet_period_since_its_last_touch() -> None:
@@ -94,3 +95,56 @@ def test_libvirt_writes_map_to_their_domain_and_temps_are_ignored() -> None:
     # Without the mark no XML can carry, the name is a domain's (libvirt accepts it).
     assert events_for(events.DirCreatedEvent("/r/.snapstore-tmp-1-ab")) == [
         messages.Changed(kinds.SNAPSHOT, ".snapstore-tmp-1-ab", None)]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_change_after_the_write_ahead_discards_it(tmp_path: Path, monkeypatch) -> None:
+    """The loop's own steps, on a fake clock: the commit written ahead in the
+    last part of the quiet period is published at its end, unless a change
+    came meanwhile; then that one is discarded (no temp, the lock free), the
+    quiet period starts again, and only the later state is ever committed."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    settings = config.Config(libvirt_dir=tmp_path / "snap", checkpoint_dir=tmp_path / "ckpt",
+                             state_dir=tmp_path / "state", quiet_period=0.25)
+    folder = samples.write_folder(settings.libvirt_dir / "vm1", [("a", None), ("b", "a")], current="b")
+    clock = FakeClock()
+    daemon = service.Service(settings, reload=lambda: settings, clock=clock)
+    daemon.reconcile(at_start=True)
+    key = (kinds.SNAPSHOT, "vm1")
+    store_file = daemon.sync.store.path(*key)
+
+    def libvirt_writes(description: str) -> None:
+        (folder / "a.xml.new").write_bytes(samples.snapshot_xml("a", None, description=description))
+        (folder / "a.xml.new").rename(folder / "a.xml")
+        assert daemon._handle([messages.Changed(kinds.SNAPSHOT, "vm1", "a.xml")])
+
+    def temps() -> list[str]:
+        return [p.name for p in store_file.parent.iterdir() if fsio.is_temp(p.name)]
+
+    libvirt_writes("first")
+    due = clock.now + 0.25
+    clock.now = due - daemon._lead(key) - 0.001
+    assert not daemon._stage_due() and not daemon._staged  # not yet within the lead
+    clock.now = due - daemon._lead(key)
+    assert daemon._stage_due() and daemon._staged[key] is not None and len(temps()) == 1
+    libvirt_writes("second")  # before the deadline: the staged commit is dropped
+    assert key not in daemon._staged and temps() == []
+    with store.Store(settings.state_dir, lock_timeout=0.05).lock(*key):
+        pass  # the domain's lock was released
+    clock.now = due
+    daemon._sync_due()
+    assert b"first" not in store_file.read_bytes() and b"second" not in store_file.read_bytes()
+    clock.now += 0.25
+    assert daemon._stage_due()
+    daemon._sync_due()
+    assert b"second" in store_file.read_bytes() and temps() == []
+    kept = sorted(daemon.sync.store.history.folder(*key).glob("*.xml"))
+    assert [b"first" in p.read_bytes() for p in kept] == [False], "a discarded state reached the history"

@@ -67,7 +67,7 @@ def test_invalid_tree_is_refused_before_any_write(state: store.Store) -> None:
 
 
 # (function name in fsio's os, which call of it fails)
-# Counted inside fsio.atomic_write only: open #1 is the folder, #2 the temp.
+# Counted inside the store file's fsio.Staged only: open #1 is the folder, #2 the temp.
 FAULTS = [("write", 1, errno.EIO), ("write", 1, errno.ENOSPC), ("fsync", 1, errno.EIO),
           ("rename", 1, errno.EXDEV), ("open", 2, errno.EACCES), ("close", 1, errno.EIO)]
 
@@ -105,16 +105,19 @@ def test_write_path_order_is_file_fsync_rename_folder_fsync(state: store.Store, 
 
 
 def fail_nth_call(monkeypatch, name: str, nth: int, code: int) -> dict[str, int]:
-    """Make the nth call of os.<name> inside fsio.atomic_write fail with ``code``."""
-    real, real_atomic_write = getattr(os, name), fsio.atomic_write
+    """Make the nth call of os.<name> inside the store file's write and
+    publication (fsio.Staged) fail with ``code``."""
+    real, real_write, real_publish = getattr(os, name), fsio.Staged.__init__, fsio.Staged.publish
     calls = {name: 0, "armed": False}
 
-    def atomic_write(*args, **kwargs):
-        calls["armed"] = True
-        try:
-            return real_atomic_write(*args, **kwargs)
-        finally:
-            calls["armed"] = False
+    def armed(step, path_of):
+        def run(self, *args, **kwargs):
+            calls["armed"] = path_of(self, args).name == "vm1.xml"  # not the index's or the history's
+            try:
+                return step(self, *args, **kwargs)
+            finally:
+                calls["armed"] = False
+        return run
 
     def failing(*args, **kwargs):
         if not calls["armed"]:
@@ -126,7 +129,8 @@ def fail_nth_call(monkeypatch, name: str, nth: int, code: int) -> dict[str, int]
             raise OSError(code, os.strerror(code))
         return real(*args, **kwargs)
     monkeypatch.setattr(fsio.os, name, failing)
-    monkeypatch.setattr(fsio, "atomic_write", atomic_write)
+    monkeypatch.setattr(fsio.Staged, "__init__", armed(real_write, lambda _self, args: args[0]))
+    monkeypatch.setattr(fsio.Staged, "publish", armed(real_publish, lambda self, _args: self.path))
     return calls
 
 

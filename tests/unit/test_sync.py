@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import samples
 
-from snapstore import config, fsio, kinds, store
+from snapstore import config, errors, fsio, kinds, store
 from snapstore.daemon import sync
 from snapstore.formats import legacy, mapping
 
@@ -223,3 +223,99 @@ def test_a_recreated_folder_sets_the_old_file_aside(env, same_uuid: bool) -> Non
     assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED
     assert [p.read_bytes() for p in (synchronizer.store.root / "attic").iterdir()] == [old]
     assert sorted(synchronizer.store.read_tree(*KEY).by_name) == ["z"]
+
+
+# --------------------------------------------------------------------------- writing ahead
+
+def description_of(synchronizer: sync.Synchronizer, name: str) -> str | None:
+    return mapping.element(synchronizer.store.read_tree(*KEY).by_name[name]).findtext("description")
+
+
+def temps(synchronizer: sync.Synchronizer) -> list[str]:
+    return [p.name for p in synchronizer.store.path(*KEY).parent.iterdir() if fsio.is_temp(p.name)]
+
+
+def lock_is_free(synchronizer: sync.Synchronizer) -> bool:
+    """Whether another process's Store (its own flock) gets the domain's lock at once."""
+    other = store.Store(synchronizer.store.root, lock_timeout=0.05)
+    try:
+        with other.lock(*KEY):
+            return True
+    except errors.LockTimeout:
+        return False
+
+
+def test_a_staged_commit_is_the_commit_a_sync_makes(env) -> None:
+    """Written ahead: the temp durable, the lock held, the live file untouched
+    until published; then exactly what sync() commits, history and index included."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None), ("b", "a")], current="b")
+    assert synchronizer.sync(KEY, at_start=True) is sync.Outcome.COMMITTED
+    before = synchronizer.store.path(*KEY).read_bytes()
+    plant(folder, "a.xml", samples.snapshot_xml("a", None, description="staged"))
+    synchronizer.forget(KEY, "a.xml")
+    staged = synchronizer.stage(KEY)
+    assert staged is not None and len(temps(synchronizer)) == 1
+    assert synchronizer.store.path(*KEY).read_bytes() == before and not lock_is_free(synchronizer)
+    assert synchronizer.publish(staged) is sync.Outcome.COMMITTED
+    assert description_of(synchronizer, "a") == "staged" and temps(synchronizer) == [] and lock_is_free(synchronizer)
+    assert synchronizer.store.history.folder(*KEY).joinpath("1.xml").read_bytes() == before
+    assert synchronizer.store.listing(*KEY) == ("b", [("a", None, 1700000000, "shutoff"),
+                                                      ("b", "a", 1700000001, "shutoff")])
+    assert synchronizer.sync(KEY) is sync.Outcome.UNCHANGED
+
+
+def test_a_discarded_staged_commit_leaves_nothing(env) -> None:
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    before = synchronizer.store.path(*KEY).read_bytes()
+    plant(folder, "a.xml", samples.snapshot_xml("a", None, active=True, description="dropped"))
+    synchronizer.forget(KEY, "a.xml")
+    staged = synchronizer.stage(KEY)
+    assert staged is not None
+    synchronizer.discard(staged)
+    assert synchronizer.store.path(*KEY).read_bytes() == before and temps(synchronizer) == []
+    assert lock_is_free(synchronizer) and not synchronizer.store.history.folder(*KEY).exists()
+
+
+def test_only_a_plain_change_is_staged(env) -> None:
+    """Anything the sync at the deadline must judge is left to it: a first
+    sync, an unchanged tree, an inconsistent folder, an emptied one, a
+    folder re-created under another uuid; nothing is written and the lock is free."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None), ("b", "a")], current="b")
+    assert synchronizer.stage(KEY) is None  # never synced
+    assert synchronizer.sync(KEY, at_start=True) is sync.Outcome.COMMITTED
+    assert synchronizer.stage(KEY) is None  # the store holds the folder's tree
+    original = {path.name: path.read_bytes() for path in folder.iterdir()}
+    rounds = iter(range(10))
+
+    def restored() -> None:
+        k = next(rounds)
+        for path in folder.iterdir():
+            path.unlink()
+        for name, data in original.items():
+            plant(folder, name, data)
+        for name in original:
+            synchronizer.forget(KEY, name)
+        plant(folder, "a.xml", samples.snapshot_xml("a", None, description=f"plain {k}"))
+        assert synchronizer.sync(KEY) is sync.Outcome.COMMITTED
+        plant(folder, "a.xml", samples.snapshot_xml("a", None, description=f"plain {k} again"))
+        synchronizer.forget(KEY, "a.xml")
+        staged = synchronizer.stage(KEY)
+        assert staged is not None, "a plain change was not staged"
+        synchronizer.discard(staged)
+
+    restored()
+    plant(folder, "a.xml", samples.snapshot_xml("a", None, active=True))  # two current
+    synchronizer.forget(KEY, "a.xml")
+    assert synchronizer.stage(KEY) is None
+    restored()
+    for path in folder.iterdir():
+        path.unlink()
+    assert synchronizer.stage(KEY) is None  # emptied
+    restored()
+    plant(folder, "x.xml", samples.snapshot_xml("x", "b", uuid="99999999-2222-4333-8444-555555555555"))
+    assert synchronizer.stage(KEY) is None  # another domain's uuid in the folder
+    assert temps(synchronizer) == [] and lock_is_free(synchronizer)
