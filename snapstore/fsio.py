@@ -256,6 +256,7 @@ class Staged:
 
     def __init__(self, path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
         self.path, self.durable = path, durable
+        self.finished = False  # published or discarded: the folder is closed
         self._folder = contextlib.ExitStack()
         self.dir_fd = self._folder.enter_context(opened_dir(path.parent))
         self.temp = temp_name()
@@ -269,6 +270,7 @@ class Staged:
             raise
 
     def publish(self, before_rename: Callable[[int], None] | None = None) -> None:
+        self.finished = True
         with self._folder:
             try:
                 if before_rename is not None:
@@ -289,8 +291,12 @@ class Staged:
                     fsync_dir(self.dir_fd, self.path)
 
     def discard(self) -> None:
-        """Remove the temp (WriteError when it cannot be: the sweep of dead
-        writers' temps removes it once this process is gone)."""
+        """Remove the temp, unless published or discarded already (WriteError
+        when it cannot be: the sweep of dead writers' temps removes it once
+        this process is gone)."""
+        if self.finished:
+            return
+        self.finished = True
         with self._folder:
             try:
                 os.unlink(self.temp, dir_fd=self.dir_fd)

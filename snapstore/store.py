@@ -150,10 +150,11 @@ class Store:
         return domain if domain is not None and naming.domain_stem(domain) == stem else None
 
     @contextlib.contextmanager
-    def lock(self, kind: kinds.Kind, domain: str) -> Iterator[None]:
+    def lock(self, kind: kinds.Kind, domain: str, timeout: float | None = None) -> Iterator[None]:
         """The domain's lock, re-entrant within one thread: a caller holds it
         from reading libvirt's folder to the commit, and the commit takes it
-        again (a second flock of the same file in one process would block)."""
+        again (a second flock of the same file in one process would block).
+        Waited for ``timeout`` seconds (default: the store's lock_timeout)."""
         path = self.root / "locks" / f"{kind.plural}.{naming.domain_stem(domain)}.lock"
         key = (threading.get_ident(), path)
         if key in self._held:
@@ -163,7 +164,7 @@ class Store:
             finally:
                 self._held[key] -= 1
             return
-        with _flocked(path, self.lock_timeout):
+        with _flocked(path, self.lock_timeout if timeout is None else timeout):
             self._held[key] = 1
             try:
                 yield
@@ -223,9 +224,19 @@ class Store:
             return StagedCommit(tree, data, sources, by, self._staged_file(tree, data))
 
     def publish(self, commit: StagedCommit) -> None:
-        """Make a staged commit live, exactly as replace() would have."""
+        """Make a staged commit live, exactly as replace() would have; if it
+        fails before the rename, its temp is removed all the same."""
         with self.lock(commit.tree.kind, commit.tree.domain):
-            self._commit(commit.tree, commit.data, commit.sources, commit.by, commit.file)
+            try:
+                self._commit(commit.tree, commit.data, commit.sources, commit.by, commit.file)
+            finally:
+                self._discarded(commit.file)
+
+    def _discarded(self, file: fsio.Staged) -> None:
+        try:
+            file.discard()  # nothing once published
+        except errors.WriteError as e:
+            self.warn(str(e))
 
     def _formatted(self, tree: model.Tree) -> bytes:
         from snapstore.formats import consolidated

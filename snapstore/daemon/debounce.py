@@ -27,6 +27,9 @@ class Debouncer(Generic[K]):
             del self._due[key]
         return sorted(due, key=str)
 
+    def due(self, key: K) -> float | None:
+        return self._due.get(key)
+
     def items(self) -> list[tuple[K, float]]:
         """Every key waiting, with when it is due."""
         return list(self._due.items())

@@ -21,6 +21,8 @@ _WAKE_AT_LEAST = 1.0  # seconds: bounds the wait, so watcher health is checked o
 # minutes, a stuck one is still caught.
 _START_EXTENSION = 60.0
 _MIN_LEAD = 0.01  # seconds: the least a write-ahead starts before its deadline
+_MAX_LEAD = 1.0  # and the most: the domain's lock is held from then on (commands wait for it)
+_MAX_STAGED = 8  # commits written ahead at once (each holds a lock and a folder open)
 
 
 class Service:
@@ -51,6 +53,7 @@ class Service:
         self.debouncer: debounce.Debouncer[sync.Key] = debounce.Debouncer(self.settings.quiet_period)
         self._staged: dict[sync.Key, sync.Staged | None] = {}  # written ahead (None: tried, synced at the deadline)
         self._stage_cost: dict[sync.Key, float] = {}  # seconds the key's last write-ahead took
+        self._once_not_ahead: set[sync.Key] = set()
         roots = {kind: self.sync.root(kind) for kind in kinds.ALL}
         self.watcher = watcher.Watcher(roots, self.queue)
 
@@ -141,9 +144,11 @@ class Service:
         for key in self.debouncer.pop_due(self.clock()):
             self._keep_alive()
             staged = self._staged.pop(key, None)
-            if staged is not None:
+            if staged is not None and self.watcher.alive():
                 self._record(key, self.sync.publish(staged))
-            else:
+            else:  # not written ahead, or events may have been missed since: read now
+                if staged is not None:
+                    self.sync.discard(staged)
                 self._sync_one(key)
 
     # Writing ahead: in the last part of a domain's quiet period its folder is
@@ -158,31 +163,53 @@ class Service:
     def _lead(self, key: sync.Key) -> float:
         quiet = self.settings.quiet_period
         cost = self._stage_cost.get(key)
-        return quiet / 4 if cost is None else min(quiet / 2, max(_MIN_LEAD, 2 * cost))
+        lead = quiet / 4 if cost is None else max(_MIN_LEAD, 2 * cost)
+        return min(lead, quiet / 2, _MAX_LEAD)
 
     def _next_stage(self) -> float | None:
         return min((due - self._lead(key) for key, due in self.debouncer.items() if key not in self._staged),
                    default=None)
 
     def _stage_due(self) -> bool:
-        """Write ahead every domain whose deadline is within its lead; True when any was."""
-        now = self.clock()
-        ready = [key for key, due in self.debouncer.items() if key not in self._staged and due - self._lead(key) <= now]
-        for key in ready:
+        """Write ahead the domains whose deadline is within their lead,
+        soonest first; True when any was. A pass ends once a commit written
+        ahead is due (it is published first) or _MAX_STAGED wait, so a burst
+        of changes never holds many locks past their deadlines."""
+        waiting = sorted(((key, due) for key, due in self.debouncer.items() if key not in self._staged),
+                         key=lambda item: item[1])
+        done = False
+        for key, due in waiting:
+            now = self.clock()
+            held = [self.debouncer.due(k) for k, staged in self._staged.items() if staged is not None]
+            if due - self._lead(key) > now or any(at is not None and at <= now for at in held) \
+                    or len(held) >= _MAX_STAGED:
+                break
             self._keep_alive()
+            if key in self._once_not_ahead:  # its last write-ahead was discarded: one sync at the deadline
+                self._once_not_ahead.discard(key)
+                self._staged[key] = None
+                continue
             began = time.perf_counter()
-            self._staged[key] = self.sync.stage(key)  # None: not plain, synced at the deadline
-            self._stage_cost[key] = time.perf_counter() - began
-        return bool(ready)
+            staged = self._staged[key] = self.sync.stage(key)  # None: not plain, synced at the deadline
+            if staged is not None:
+                self._stage_cost[key] = time.perf_counter() - began
+            done = True
+        return done
 
     def _drop_staged(self, key: sync.Key) -> None:
+        """An event for ``key``: its write-ahead is discarded (and the next
+        one skipped, so that events spaced about the quiet period apart do not
+        write the file at each one for nothing)."""
         staged = self._staged.pop(key, None)
         if staged is not None:
             self.sync.discard(staged)
+            self._once_not_ahead.add(key)
 
     def _discard_staged(self) -> None:
         for key in list(self._staged):
-            self._drop_staged(key)
+            staged = self._staged.pop(key)
+            if staged is not None:
+                self.sync.discard(staged)
 
     def _keep_alive(self) -> None:
         """WATCHDOG=1 when due, and while starting an extension of the start

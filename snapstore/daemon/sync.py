@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,16 @@ class Staged:
     folder: legacydir.LegacyFolder
     commit: store.StagedCommit
     lock: contextlib.ExitStack  # holds the domain's lock
+    seen: list[int] | None  # the folder's _folder_stamp before the read
+
+
+def _folder_stamp(path: Path) -> list[int] | None:
+    """What any entry created, renamed or removed in a folder changes."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return [info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
 
 
 class Synchronizer:
@@ -207,11 +218,13 @@ class Synchronizer:
             return None
         lock = contextlib.ExitStack()
         try:
-            lock.enter_context(self.store.lock(kind, domain))
+            lock.enter_context(self.store.lock(kind, domain, timeout=0))  # held by a command: not ahead
+            seen = _folder_stamp(self.root(kind) / domain)  # before the read: a change after it shows
             folder = ops.read_consistent(self.settings, kind, domain, _GATE, state.cache)
             tree = folder.tree()
             commit = None
-            if tree.moments and not self._replaces_another(key, state, folder, tree):
+            if tree.moments and not self._replaces_another(key, state, folder, tree) \
+                    and self.store.history.guarded(kind, domain) is None:  # an undo's guard: the deadline's
                 commit = self.store.stage(tree, ops.recorded_sources(folder, _GATE), _GATE.by)
         except (errors.TreeError, errors.Refused, errors.LockTimeout, errors.UnknownDomain) as e:
             log.debug("%s %s: not written ahead: %s", kind.name, domain, e)  # the sync at the deadline says it
@@ -223,11 +236,17 @@ class Synchronizer:
         if commit is None:
             lock.close()
             return None
-        return Staged(key, folder, commit, lock)
+        return Staged(key, folder, commit, lock, seen)
 
     def publish(self, staged: Staged) -> Outcome:
-        """Make a staged commit live (the domain's lock released after)."""
+        """Make a staged commit live (the domain's lock released after),
+        unless the folder moved since its read began without an event (a
+        libvirt temp, which the watcher ignores, or an event lost): then it
+        is discarded and the domain synced now."""
         state = self.domains[staged.key]
+        if _folder_stamp(self.root(staged.key[0]) / staged.key[1]) != staged.seen:
+            self.discard(staged)
+            return self.sync(staged.key)
         try:
             with staged.lock:
                 self.store.publish(staged.commit)

@@ -456,14 +456,14 @@ def test_a_commit_written_ahead_is_never_published_by_a_killed_daemon(lab: Lab, 
     the store's folder, durable, not yet renamed). A daemon killed then has
     published nothing; the next one sweeps the temp and commits the change."""
     lab.run([{"op": "define", "domain": "vm1"}, snap("vm1", "s1")])
-    first = start(settings={"quiet_period": 2.0})  # written ahead 0.5 s before the deadline
+    first = start(settings={"quiet_period": 4.0})  # written ahead 1 s before the deadline
     first.wait_ready()
     before = read_store(state, "vm1")
     lab.snapshot("vm1", "s2")
     wait_for(lambda: temps(state) != [], 5.0, lambda: f"nothing written ahead; {first.describe()}")
     assert first.kill() == -signal.SIGKILL
     assert read_store(state, "vm1") == before and len(temps(state)) == 1
-    second = start(settings={"quiet_period": 2.0})
+    second = start(settings={"quiet_period": 4.0})
     second.wait_ready()
     assert_store_equals(state, "vm1", lab.view("vm1"))
     assert temps(state) == [], "the killed daemon's temp was not swept"

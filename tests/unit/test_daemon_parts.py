@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 import queue
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import samples
 from watchdog import events
 
-from snapstore import config, fsio, kinds, store
+from snapstore import config, errors, fsio, kinds, store
 from snapstore.daemon import debounce, logs, messages, notify, service, watcher
 
 
@@ -105,11 +107,11 @@ class FakeClock:
         return self.now
 
 
-def test_a_change_after_the_write_ahead_discards_it(tmp_path: Path, monkeypatch) -> None:
-    """The loop's own steps, on a fake clock: the commit written ahead in the
-    last part of the quiet period is published at its end, unless a change
-    came meanwhile; then that one is discarded (no temp, the lock free), the
-    quiet period starts again, and only the later state is ever committed."""
+@pytest.fixture
+def looped(tmp_path: Path, monkeypatch) -> Iterator[tuple[service.Service, FakeClock, Path]]:
+    """A daemon's loop state on a fake clock (its steps called one by one;
+    the watcher runs, its events are not read), vm1 (a <- b, current b)
+    committed at start; daemon.published counts the write-aheads published."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     settings = config.Config(libvirt_dir=tmp_path / "snap", checkpoint_dir=tmp_path / "ckpt",
@@ -117,34 +119,95 @@ def test_a_change_after_the_write_ahead_discards_it(tmp_path: Path, monkeypatch)
     folder = samples.write_folder(settings.libvirt_dir / "vm1", [("a", None), ("b", "a")], current="b")
     clock = FakeClock()
     daemon = service.Service(settings, reload=lambda: settings, clock=clock)
+    published, real = [], daemon.sync.publish
+    monkeypatch.setattr(daemon.sync, "publish", lambda staged: (published.append(staged.key), real(staged))[1])
+    daemon.published = published  # type: ignore[attr-defined]
+    daemon.watcher.start()
     daemon.reconcile(at_start=True)
-    key = (kinds.SNAPSHOT, "vm1")
-    store_file = daemon.sync.store.path(*key)
+    yield daemon, clock, folder
+    daemon.watcher.stop()
 
-    def libvirt_writes(description: str) -> None:
-        (folder / "a.xml.new").write_bytes(samples.snapshot_xml("a", None, description=description))
-        (folder / "a.xml.new").rename(folder / "a.xml")
-        assert daemon._handle([messages.Changed(kinds.SNAPSHOT, "vm1", "a.xml")])
 
-    def temps() -> list[str]:
-        return [p.name for p in store_file.parent.iterdir() if fsio.is_temp(p.name)]
+KEY = (kinds.SNAPSHOT, "vm1")
 
-    libvirt_writes("first")
+
+def libvirt_writes(daemon: service.Service, folder: Path, description: str) -> None:
+    (folder / "a.xml.new").write_bytes(samples.snapshot_xml("a", None, description=description))
+    (folder / "a.xml.new").rename(folder / "a.xml")
+    assert daemon._handle([messages.Changed(kinds.SNAPSHOT, "vm1", "a.xml")])
+
+
+def store_temps(daemon: service.Service) -> list[str]:
+    return [p.name for p in daemon.sync.store.path(*KEY).parent.iterdir() if fsio.is_temp(p.name)]
+
+
+def lock_is_free(daemon: service.Service) -> bool:
+    try:
+        with store.Store(daemon.settings.state_dir, lock_timeout=0.05).lock(*KEY):
+            return True
+    except errors.LockTimeout:
+        return False
+
+
+def live(daemon: service.Service) -> bytes:
+    return daemon.sync.store.path(*KEY).read_bytes()
+
+
+def test_a_change_after_the_write_ahead_discards_it(looped) -> None:
+    """The loop's own steps: the commit written ahead in the last part of the
+    quiet period is published at its end, unless a change came meanwhile;
+    then it is discarded (no temp, the lock free), the quiet period starts
+    again and ends in a sync at its deadline; only states that were still
+    the folder's at a deadline are ever committed."""
+    daemon, clock, folder = looped
+    libvirt_writes(daemon, folder, "first")
     due = clock.now + 0.25
-    clock.now = due - daemon._lead(key) - 0.001
+    clock.now = due - daemon._lead(KEY) - 0.001
     assert not daemon._stage_due() and not daemon._staged  # not yet within the lead
-    clock.now = due - daemon._lead(key)
-    assert daemon._stage_due() and daemon._staged[key] is not None and len(temps()) == 1
-    libvirt_writes("second")  # before the deadline: the staged commit is dropped
-    assert key not in daemon._staged and temps() == []
-    with store.Store(settings.state_dir, lock_timeout=0.05).lock(*key):
-        pass  # the domain's lock was released
+    clock.now = due - daemon._lead(KEY)
+    assert daemon._stage_due() and daemon._staged[KEY] is not None and len(store_temps(daemon)) == 1
+    assert not lock_is_free(daemon)
+    libvirt_writes(daemon, folder, "second")  # before the deadline: the staged commit is dropped
+    assert KEY not in daemon._staged and store_temps(daemon) == [] and lock_is_free(daemon)
     clock.now = due
     daemon._sync_due()
-    assert b"first" not in store_file.read_bytes() and b"second" not in store_file.read_bytes()
+    assert b"first" not in live(daemon) and b"second" not in live(daemon)  # its deadline moved
     clock.now += 0.25
-    assert daemon._stage_due()
+    assert not daemon._stage_due() and daemon._staged == {KEY: None}  # once discarded: not written ahead
     daemon._sync_due()
-    assert b"second" in store_file.read_bytes() and temps() == []
-    kept = sorted(daemon.sync.store.history.folder(*key).glob("*.xml"))
-    assert [b"first" in p.read_bytes() for p in kept] == [False], "a discarded state reached the history"
+    assert b"second" in live(daemon) and daemon._staged == {}
+    libvirt_writes(daemon, folder, "third")
+    clock.now += 0.25
+    assert daemon._stage_due() and daemon._staged[KEY] is not None
+    daemon._sync_due()
+    assert b"third" in live(daemon) and store_temps(daemon) == [] and lock_is_free(daemon)
+    assert daemon.published == [KEY], "only the third change is published from its write-ahead"
+    kept = [p.read_bytes() for p in sorted(daemon.sync.store.history.folder(*KEY).glob("*.xml"))]
+    assert [b"first" in data for data in kept] == [False, False], "a discarded state reached the history"
+
+
+def test_a_reconcile_discards_what_was_written_ahead(looped) -> None:
+    """A rescan reads every domain now: a commit written ahead is dropped
+    (no temp left, the lock free) and the rescan commits the folder."""
+    daemon, clock, folder = looped
+    libvirt_writes(daemon, folder, "rescanned")
+    clock.now += 0.25
+    assert daemon._stage_due() and daemon._staged[KEY] is not None
+    daemon.reconcile()
+    assert daemon._staged == {} and store_temps(daemon) == [] and b"rescanned" in live(daemon)
+    assert lock_is_free(daemon) and daemon.published == []
+
+
+def test_a_libvirt_temp_after_the_read_sends_the_commit_back_to_the_deadline(looped) -> None:
+    """libvirt's <name>.xml.new raises no event (the watcher ignores it), but
+    it moves the folder: the commit written ahead is not published; the sync
+    finds libvirt mid-write and waits, as it would have at the deadline."""
+    daemon, clock, folder = looped
+    before = live(daemon)
+    libvirt_writes(daemon, folder, "ahead")
+    clock.now += 0.25
+    assert daemon._stage_due() and daemon._staged[KEY] is not None
+    (folder / "b.xml.new").write_bytes(samples.snapshot_xml("b", "a", active=True, description="in flight"))
+    daemon._sync_due()
+    assert live(daemon) == before and store_temps(daemon) == [] and lock_is_free(daemon)
+    assert daemon.sync.domains[KEY].unsettled_since is not None and daemon.published == [KEY]

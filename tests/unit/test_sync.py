@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,52 @@ def test_only_a_plain_change_is_staged(env) -> None:
     plant(folder, "x.xml", samples.snapshot_xml("x", "b", uuid="99999999-2222-4333-8444-555555555555"))
     assert synchronizer.stage(KEY) is None  # another domain's uuid in the folder
     assert temps(synchronizer) == [] and lock_is_free(synchronizer)
+
+
+def staged_change(synchronizer: sync.Synchronizer, folder: Path, description: str) -> None:
+    plant(folder, "a.xml", samples.snapshot_xml("a", None, active=True, description=description))
+    synchronizer.forget(KEY, "a.xml")
+
+
+def test_a_publication_failing_before_the_rename_leaves_no_temp(env, monkeypatch) -> None:
+    """The commit fails (FAILED, retried with backoff), its temp is removed
+    and the lock released at once: a live daemon's temps are not swept."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    before = synchronizer.store.path(*KEY).read_bytes()
+    staged_change(synchronizer, folder, "fails")
+    staged = synchronizer.stage(KEY)
+    assert staged is not None
+
+    def stat_fails(path: Path) -> None:
+        raise errors.EnvironmentProblem(path=path, reason="Input/output error")
+    monkeypatch.setattr(synchronizer.store, "_identity", stat_fails)
+    assert synchronizer.publish(staged) is sync.Outcome.FAILED
+    assert synchronizer.store.path(*KEY).read_bytes() == before and temps(synchronizer) == []
+    assert lock_is_free(synchronizer) and synchronizer.status().endswith("failing: vm1")
+
+
+def test_a_domain_locked_by_a_command_is_not_written_ahead(env) -> None:
+    """Writing ahead never waits for a lock (the sync at the deadline does)."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    staged_change(synchronizer, folder, "locked")
+    synchronizer.store.lock_timeout = 5.0
+    with store.Store(synchronizer.store.root).lock(*KEY):  # a command's own flock
+        began = time.monotonic()
+        assert synchronizer.stage(KEY) is None
+        assert time.monotonic() - began < 1.0
+    assert temps(synchronizer) == []
+
+
+def test_a_domain_under_an_undo_guard_is_not_written_ahead(env) -> None:
+    """The guard is the deadline's sync to judge (staging would lift it)."""
+    synchronizer, folder, _ = env
+    samples.write_folder(folder, [("a", None)], current="a")
+    synchronizer.sync(KEY, at_start=True)
+    synchronizer.store.history.guard(*KEY, ["a"], "undo to generation 1")
+    staged_change(synchronizer, folder, "guarded")
+    assert synchronizer.stage(KEY) is None
+    assert synchronizer.store.history.guarded(*KEY) is not None and temps(synchronizer) == []
