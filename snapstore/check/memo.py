@@ -89,7 +89,8 @@ class Memo:
     uuids: list[Uuids]
 
     def encode(self, of: Inputs) -> bytes:
-        return json.dumps({"format": FORMAT, "version": __version__, "inputs": of, **dataclasses.asdict(self)},
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}  # asdict copies deep
+        return json.dumps({"format": FORMAT, "version": __version__, "inputs": of, **fields},
                           ensure_ascii=False, separators=(",", ":")).encode()
 
 
