@@ -301,7 +301,7 @@ class Staged:
             try:
                 os.unlink(self.temp, dir_fd=self.dir_fd)
             except FileNotFoundError:
-                pass
+                return  # gone already: what discarding wants
             except OSError as e:
                 raise errors.WriteError(path=self.path.parent / self.temp, reason=f"not removed: {reason(e)}") from e
 

@@ -158,7 +158,7 @@ class Service:
     # which discards it. What is committed is what a read at the deadline
     # would have found: no change came after the read began. The part is
     # twice what the domain's last write-ahead took (at least _MIN_LEAD, at
-    # most half the quiet period; a quarter before the first).
+    # most half the quiet period or _MAX_LEAD; a quarter of it before the first).
 
     def _lead(self, key: sync.Key) -> float:
         quiet = self.settings.quiet_period

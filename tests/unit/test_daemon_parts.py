@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import samples
+from support.clock import Clock
 from watchdog import events
 
 from snapstore import config, errors, fsio, kinds, store
@@ -99,16 +100,8 @@ def test_libvirt_writes_map_to_their_domain_and_temps_are_ignored() -> None:
         messages.Changed(kinds.SNAPSHOT, ".snapstore-tmp-1-ab", None)]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def looped(tmp_path: Path, monkeypatch) -> Iterator[tuple[service.Service, FakeClock, Path]]:
+def looped(tmp_path: Path, monkeypatch) -> Iterator[tuple[service.Service, Clock, Path]]:
     """A daemon's loop state on a fake clock (its steps called one by one;
     the watcher runs, its events are not read), vm1 (a <- b, current b)
     committed at start; daemon.published counts the write-aheads published."""
@@ -117,7 +110,7 @@ def looped(tmp_path: Path, monkeypatch) -> Iterator[tuple[service.Service, FakeC
     settings = config.Config(libvirt_dir=tmp_path / "snap", checkpoint_dir=tmp_path / "ckpt",
                              state_dir=tmp_path / "state", quiet_period=0.25)
     folder = samples.write_folder(settings.libvirt_dir / "vm1", [("a", None), ("b", "a")], current="b")
-    clock = FakeClock()
+    clock = Clock()
     daemon = service.Service(settings, reload=lambda: settings, clock=clock)
     published, real = [], daemon.sync.publish
     monkeypatch.setattr(daemon.sync, "publish", lambda staged: (published.append(staged.key), real(staged))[1])

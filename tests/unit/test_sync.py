@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 import samples
+from support.clock import Clock
 
 from snapstore import config, errors, fsio, kinds, store
 from snapstore.daemon import sync
 from snapstore.formats import legacy, mapping
 
 KEY = (kinds.SNAPSHOT, "vm1")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
